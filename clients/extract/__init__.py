@@ -1,0 +1,1 @@
+"""Offline batch feature extraction (`d2v extract`) and the `d2v embed` command."""
