@@ -1,0 +1,26 @@
+"""Optional Bearer API keys. Constant-time comparison against every key, and one message for every failure
+(missing header, wrong scheme, wrong key), so a caller cannot learn which part was wrong."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from d2v.errors import Unauthorized
+
+
+def require_api_key(request: Request) -> None:
+    """FastAPI dependency on the API routers; a no-op when no keys are configured."""
+    keys: list[bytes] = request.app.state.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+    # No early exit: compare with every key so timing does not reveal how many keys exist or which matched.
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(presented, key)
+    if not ok or not presented:
+        raise Unauthorized("invalid or missing API key")

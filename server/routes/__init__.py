@@ -1,0 +1,1 @@
+"""HTTP routes: OpenAI-compatible (``openai``), native per-modality (``native``) and operations (``ops``)."""
