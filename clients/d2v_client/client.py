@@ -1,0 +1,238 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+import httpx
+import numpy as np
+
+from d2v_client import _core
+from d2v_client._http import RetryPolicy, SyncTransport, default_headers
+from d2v_client._types import Embeddings, EmbedOptions, Modality, ModelInfo, Pooling, ServerInfo, UploadMode, as_list
+from d2v_client.errors import NotFoundError
+
+
+class Client:
+    """A blocking client for the data2vec embedding server.
+
+    Large inputs are cut into requests that respect the server's ``/info`` limits and sent with at most
+    ``max_concurrency`` requests in flight; 429/503 and connection failures are retried with exponential
+    backoff and jitter, honouring ``Retry-After``. Use it as a context manager, or call :meth:`close`.
+
+    Example::
+
+        with Client("http://127.0.0.1:8000") as client:
+            vecs = client.embed_text(["hello", "world"])          # np.ndarray [2, D], float32
+            toks = client.embed_text(["hello"], pooling="none")   # [np.ndarray [T, D]]
+
+    Args:
+        base_url: the server, e.g. ``http://127.0.0.1:8000``.
+        api_key: sent as ``Authorization: Bearer <key>``.
+        timeout: per-request timeout in seconds.
+        max_concurrency: requests in flight at once for one call.
+        retry: the retry policy (``RetryPolicy(max_retries=0)`` disables retries).
+        upload: ``"base64"`` (JSON with data URIs, the default) or ``"multipart"`` for image/audio.
+        transport: an ``httpx`` transport (tests pass ``httpx.MockTransport`` or an ASGI transport).
+        sleep: the sleep function used between retries (injectable for tests).
+        rng: the random source of the jitter.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_concurrency: int = 4,
+        retry: RetryPolicy | None = None,
+        upload: UploadMode = "base64",
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        http = httpx.Client(base_url=base_url, headers=default_headers(api_key), timeout=timeout, transport=transport)
+        self._transport = SyncTransport(http, retry or RetryPolicy(), sleep=sleep, rng=rng)
+        self.max_concurrency = max(1, max_concurrency)
+        self.upload = upload
+        self._info: ServerInfo | None = None
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool and the worker threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._transport.close()
+
+    # -- server metadata -------------------------------------------------------------------------------------
+
+    def info(self, *, refresh: bool = False) -> ServerInfo:
+        """``GET /info`` (cached). A server without ``/info`` yields empty info and the SDK's default limits.
+
+        Raises:
+            D2VClientError: the server could not be reached or answered with an error other than 404.
+        """
+        with self._lock:
+            if self._info is None or refresh:
+                try:
+                    self._info = ServerInfo.from_json(self._transport.request("GET", "/info"))
+                except NotFoundError:
+                    self._info = ServerInfo()
+            return self._info
+
+    def models(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``: the entries of its ``data`` list (each names its ``modality``).
+
+        Raises:
+            D2VClientError: on any failure.
+        """
+        return list(self._transport.request("GET", "/v1/models").get("data", []))
+
+    def ready(self) -> bool:
+        """Whether ``GET /readyz`` answers 2xx (no retries)."""
+        try:
+            return self._transport.http.get("/readyz").is_success
+        except httpx.HTTPError:
+            return False
+
+    # -- embedding -------------------------------------------------------------------------------------------
+
+    def embed_text(
+        self,
+        texts: str | Iterable[str],
+        *,
+        model: str | None = None,
+        pooling: Pooling | None = None,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        layers: int | None = None,
+    ) -> Embeddings:
+        """Embed strings.
+
+        Returns:
+            ``np.ndarray [N, D]`` float32, or for ``pooling="none"`` one ``[T_i, D]`` array per input.
+
+        Raises:
+            BadRequestError: a non-string input or one the server rejects (with the server's message).
+            AuthenticationError, OverloadedError, ServerError, D2VConnectionError: see :mod:`d2v_client.errors`.
+        """
+        return self.embed(
+            "text", texts, model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers
+        )
+
+    def embed_images(
+        self,
+        images: Any,
+        *,
+        model: str | None = None,
+        pooling: Pooling | None = None,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        layers: int | None = None,
+    ) -> Embeddings:
+        """Embed images given as paths, encoded bytes, PIL images or ``HxWxC`` uint8 arrays (one or a list).
+
+        Raises:
+            BadRequestError: an unreadable path, an unsupported input, or one the server rejects.
+            AuthenticationError, OverloadedError, ServerError, D2VConnectionError: see :mod:`d2v_client.errors`.
+        """
+        return self.embed(
+            "image", images, model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers
+        )
+
+    def embed_audio(
+        self,
+        audio: Any,
+        *,
+        model: str | None = None,
+        pooling: Pooling | None = None,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        layers: int | None = None,
+    ) -> Embeddings:
+        """Embed audio given as paths, encoded file bytes or ``(samples, sample_rate)`` pairs (one or a list).
+
+        Raises:
+            BadRequestError: an unreadable path, an unsupported input, or one the server rejects.
+            AuthenticationError, OverloadedError, ServerError, D2VConnectionError: see :mod:`d2v_client.errors`.
+        """
+        return self.embed(
+            "audio", audio, model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers
+        )
+
+    def embed(self, modality: Modality, inputs: Any, **options: Any) -> Embeddings:
+        """Embed inputs of one modality; ``options`` are those of :class:`EmbedOptions`.
+
+        Raises:
+            D2VClientError: see the ``embed_*`` methods.
+        """
+        opts = EmbedOptions(**options)
+        items = as_list(inputs)
+        token_level = opts.pooling == "none"
+        model = self._model_info(modality, opts.model)
+        dims = _core.model_dims(model, opts)
+        if not items:
+            return _core.assemble([], token_level, dims)
+        info = self.info()
+        wire = _core.encode_inputs(modality, items, self.upload == "multipart")
+        chunks = _core.chunk_inputs(wire, info.limits_for(model))
+        parts = self._run_chunks(modality, chunks, opts, token_level, dims)
+        return _core.assemble(parts, token_level, dims)
+
+    def _model_info(self, modality: Modality, name: str | None) -> ModelInfo | None:
+        return self.info().model_for(modality, name)
+
+    def _send(
+        self, modality: Modality, chunk: _core.Chunk, opts: EmbedOptions, token_level: bool, dims: int | None
+    ) -> list[np.ndarray]:
+        req = _core.build_request(modality, chunk, opts)
+        body = self._transport.request("POST", req.path, json=req.json, files=req.files, data=req.data)
+        return _core.parse_embeddings(body, len(chunk.items), token_level, dims)
+
+    def _run_chunks(
+        self, modality: Modality, chunks: Iterable[_core.Chunk], opts: EmbedOptions, token_level: bool, dims: int | None
+    ) -> list[list[np.ndarray]]:
+        """Send chunks with at most ``max_concurrency`` in flight; inputs are encoded only as slots free up."""
+        results: dict[int, list[np.ndarray]] = {}
+        pending: dict[Future[list[np.ndarray]], int] = {}
+        try:
+            for chunk in chunks:
+                if self.max_concurrency == 1:
+                    results[chunk.start] = self._send(modality, chunk, opts, token_level, dims)
+                    continue
+                while len(pending) >= self.max_concurrency:
+                    self._collect(pending, results, FIRST_COMPLETED)
+                fut = self._executor().submit(self._send, modality, chunk, opts, token_level, dims)
+                pending[fut] = chunk.start
+            while pending:
+                self._collect(pending, results, FIRST_COMPLETED)
+        finally:
+            for fut in pending:
+                fut.cancel()
+        return [results[k] for k in sorted(results)]
+
+    @staticmethod
+    def _collect(pending: dict[Future[list[np.ndarray]], int], results: dict[int, list[np.ndarray]], how: str) -> None:
+        done, _ = wait(pending, return_when=how)
+        for fut in done:
+            results[pending.pop(fut)] = fut.result()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="d2v-client")
+            return self._pool

@@ -1,0 +1,300 @@
+"""Where vectors come from: the in-process ONNX Runtime engine of ``d2v.server`` or a server via the SDK.
+
+Both turn a batch of :class:`Item` of one modality into :class:`Row` s, one per item, never raising for a
+bad input: the failure becomes the row's ``error``. A batch the engine rejects as a whole is retried item
+by item so one corrupt file only fails itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from d2v.errors import ConfigError, D2VError, NotFound
+
+from .inputs import Item
+from .shards import Row
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model used for one modality and what the output records about it."""
+
+    name: str
+    modality: str
+    dims: int  # of the stored vectors (after --dimensions)
+    sha256: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    pooling: str | None = None  # None: the model's default
+    tokens: bool = False
+    normalize: bool = True
+    dimensions: int | None = None
+
+
+class Backend(Protocol):
+    def model_for(self, modality: str) -> ModelRef: ...
+
+    def embed(self, modality: str, items: list[Item]) -> list[Row]: ...
+
+    def close(self) -> None: ...
+
+
+def read_raw(item: Item) -> Any:
+    """The raw input the preprocessor or the SDK takes: the text, or the file's bytes/path.
+
+    Raises:
+        OSError, UnicodeDecodeError: the file cannot be read.
+    """
+    if item.text is not None:
+        return item.text
+    if item.modality == "text":
+        return Path(item.path).read_text(encoding="utf-8")
+    return Path(item.path).read_bytes()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def per_item_fallback(items: list[Item], run: Callable[[list[Item]], list[Row]], reason: str) -> list[Row]:
+    """Retry a rejected batch one item at a time (only when it had more than one item)."""
+    if len(items) == 1:
+        return [Row(items[0].id, items[0].modality, "", items[0].label, error=reason)]
+    return [row for item in items for row in run([item])]
+
+
+# ----------------------------------------------------------------------------------------- local engine
+
+
+class LocalModel:
+    """One model in this process: its preprocessor and ``workers`` ONNX Runtime engines (one per thread)."""
+
+    def __init__(self, manifest: Any, model_dir: Path, options: Options, workers: int) -> None:
+        from d2v.models.preprocessing import build_preprocessor
+        from d2v.server.postprocess import shape_vector
+
+        self.manifest = manifest
+        self.model_dir = model_dir
+        self.options = options
+        self.preprocessor = build_preprocessor(manifest.preprocessing, model_dir)
+        self._shape = shape_vector
+        self.pooling = options.pooling or manifest.pooling
+        if self.pooling == "cls" and not manifest.has_cls:
+            raise ConfigError(f"model {manifest.name!r} has no cls pooling; use --pooling mean")
+        dims = options.dimensions or manifest.embedding_dim
+        sha = file_sha256(model_dir / "model.json")
+        self.ref = ModelRef(manifest.name, manifest.modality, dims, sha, str(model_dir))
+        self._threads = max(1, (os.cpu_count() or 2) // max(1, workers))
+        self._free: queue.Queue[tuple[Any, asyncio.AbstractEventLoop]] = queue.Queue()
+        self._made = 0
+        self._workers = max(1, workers)
+        self._lock = threading.Lock()
+
+    def _acquire(self) -> tuple[Any, asyncio.AbstractEventLoop]:
+        with self._lock:
+            if self._free.empty() and self._made < self._workers:
+                from d2v.server.engines.onnxruntime import OnnxRuntimeEngine
+
+                self._made += 1
+                engine = OnnxRuntimeEngine(self.manifest, self.model_dir, intra_op_threads=self._threads)
+                loop = asyncio.new_event_loop()
+                loop.run_until_complete(engine.load())
+                return engine, loop
+        return self._free.get()
+
+    def embed(self, items: list[Item]) -> list[Row]:
+        """Rows for ``items`` (errors captured per item)."""
+        from d2v.export.manifest import CLS_OUTPUT, MEAN_OUTPUT, TOKEN_MASK_OUTPUT, TOKENS_OUTPUT
+
+        rows: dict[int, Row] = {}
+        decoded, good = [], []
+        for i, item in enumerate(items):
+            try:
+                decoded.append(self.preprocessor.load_item(read_raw(item)))
+                good.append(i)
+            except (D2VError, OSError, UnicodeDecodeError, ValueError) as exc:
+                rows[i] = self._row(item, error=_reason(exc))
+        if good:
+            pooled = CLS_OUTPUT if self.pooling == "cls" else MEAN_OUTPUT
+            wanted = [pooled, TOKEN_MASK_OUTPUT] + ([TOKENS_OUTPUT] if self.options.tokens else [])
+            try:
+                out = self._run(self.preprocessor.collate(decoded), wanted)
+            except D2VError as exc:
+                sub = per_item_fallback([items[i] for i in good], self.embed, _reason(exc))
+                for i, row in zip(good, sub, strict=True):
+                    rows[i] = row if row.model else self._row(items[i], error=row.error)
+            else:
+                for k, i in enumerate(good):
+                    rows[i] = self._row(items[i], vector=out[pooled][k], tokens=_tokens(out, k, self.options.tokens))
+        return [rows[i] for i in range(len(items))]
+
+    def _run(self, inputs: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
+        from d2v.export.manifest import TOP_K_INPUT
+
+        if self.manifest.supports_top_k:  # graphs exported with per-layer selection take the K to average
+            inputs[TOP_K_INPUT] = np.array([self.manifest.top_k], dtype=np.int64)
+        engine, loop = self._acquire()
+        try:
+            return loop.run_until_complete(engine.embed(inputs, wanted))
+        finally:
+            self._free.put((engine, loop))
+
+    def _row(self, item: Item, *, vector: Any = None, tokens: Any = None, error: str | None = None) -> Row:
+        o = self.options
+        dim = self.manifest.embedding_dim
+        if vector is not None:
+            vector = self._shape(np.asarray(vector), dim=dim, dimensions=o.dimensions, normalize=o.normalize)
+        if tokens is not None:
+            tokens = self._shape(np.asarray(tokens), dim=dim, dimensions=o.dimensions, normalize=False)
+        return Row(item.id, item.modality, self.ref.name, item.label, vector, tokens, error, item.path)
+
+    def close(self) -> None:
+        while not self._free.empty():
+            engine, loop = self._free.get()
+            loop.run_until_complete(engine.close())
+            loop.close()
+
+
+def _tokens(out: dict[str, np.ndarray], k: int, wanted: bool) -> np.ndarray | None:
+    from d2v.export.manifest import TOKEN_MASK_OUTPUT, TOKENS_OUTPUT
+
+    if not wanted:
+        return None
+    return out[TOKENS_OUTPUT][k][out[TOKEN_MASK_OUTPUT][k] == 1]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, D2VError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
+def resolve_models(store: Path, names: list[str]) -> dict[str, tuple[Any, Path]]:
+    """``{modality: (manifest, model_dir)}`` from ``--model`` names/dirs, or every model in the store.
+
+    Raises:
+        NotFound, ConfigError: an unknown model, or two models for one modality.
+    """
+    from d2v.server.store import discover
+
+    found: dict[str, tuple[Any, Path]] = {}
+    for manifest, model_dir in discover(store, names):
+        if manifest.modality in found:
+            other = found[manifest.modality][0].name
+            if names:
+                raise ConfigError(f"models {other!r} and {manifest.name!r} both embed {manifest.modality}: pass one")
+            continue  # the store's first (by name) model of a modality is the default
+        found[manifest.modality] = (manifest, model_dir)
+    return found
+
+
+class LocalBackend:
+    """In-process ONNX Runtime, ``workers`` batches in parallel (each worker its own session)."""
+
+    def __init__(self, store: Path, models: list[str], options: Options, workers: int) -> None:
+        self._found = resolve_models(store, models)
+        self._store = store
+        self.options = options
+        self.workers = workers
+        self._models: dict[str, LocalModel] = {}
+        self._lock = threading.Lock()
+
+    def _model(self, modality: str) -> LocalModel:
+        with self._lock:
+            if modality not in self._models:
+                if modality not in self._found:
+                    raise NotFound(f"no {modality} model in {self._store}: pass --model NAME_OR_DIR")
+                manifest, model_dir = self._found[modality]
+                self._models[modality] = LocalModel(manifest, model_dir, self.options, self.workers)
+            return self._models[modality]
+
+    def model_for(self, modality: str) -> ModelRef:
+        return self._model(modality).ref
+
+    def embed(self, modality: str, items: list[Item]) -> list[Row]:
+        return self._model(modality).embed(items)
+
+    def close(self) -> None:
+        for model in self._models.values():
+            model.close()
+
+
+# ----------------------------------------------------------------------------------------------- server
+
+
+class ServerBackend:
+    """A running server through the SDK (``d2v_client.Client``); its retries and chunking apply."""
+
+    def __init__(self, url: str, api_key: str | None, models: list[str], options: Options, workers: int) -> None:
+        from d2v_client import Client
+
+        self.client = Client(url, api_key=api_key, max_concurrency=1, timeout=300.0)
+        self.options = options
+        self._names = models
+        self.workers = workers
+
+    def model_for(self, modality: str) -> ModelRef:
+        info = self.client.info()
+        model = next((m for m in info.models if m.name in self._names and m.modality == modality), None)
+        model = model or (info.model_for(modality) if not self._names else None)
+        if model is None:
+            raise NotFound(
+                f"the server serves no {modality} model{' named ' + str(self._names) if self._names else ''}"
+            )
+        raw = model.raw
+        sha = raw.get("manifest_sha256") or (raw.get("source") or {}).get("sha256")
+        dims = self.options.dimensions or model.dims or 0
+        return ModelRef(model.name, modality, dims, sha, None)
+
+    def embed(self, modality: str, items: list[Item]) -> list[Row]:
+        """Rows for ``items``; a batch the server rejects (4xx) is retried item by item.
+
+        Raises:
+            d2v_client.D2VClientError: anything but bad input (auth, overload after retries, server down).
+        """
+        from d2v_client import BadRequestError
+
+        ref = self.model_for(modality)
+        rows: dict[int, Row] = {}
+        raws, good = [], []
+        for i, item in enumerate(items):
+            try:
+                raws.append(read_raw(item))
+                good.append(i)
+            except (OSError, UnicodeDecodeError) as exc:
+                rows[i] = Row(item.id, modality, ref.name, item.label, error=_reason(exc), source=item.path)
+        if good:
+            o = self.options
+            opts = {"model": ref.name, "normalize": o.normalize, "dimensions": o.dimensions}
+            try:
+                vecs = self.client.embed(modality, raws, pooling=o.pooling, **opts)
+                toks = self.client.embed(modality, raws, pooling="none", **opts) if o.tokens else [None] * len(raws)
+            except BadRequestError as exc:
+                sub = per_item_fallback([items[i] for i in good], lambda b: self.embed(modality, b), exc.message)
+                for i, row in zip(good, sub, strict=True):
+                    rows[i] = (
+                        row
+                        if row.model
+                        else Row(row.id, modality, ref.name, row.label, error=row.error, source=items[i].path)
+                    )
+            else:
+                for k, i in enumerate(good):
+                    it = items[i]
+                    rows[i] = Row(it.id, modality, ref.name, it.label, vecs[k], toks[k], None, it.path)
+        return [rows[i] for i in range(len(items))]
+
+    def close(self) -> None:
+        self.client.close()
