@@ -1,0 +1,225 @@
+"""Reduced-precision variants of the fp32 graph, each scored against fp32 on a held-out batch.
+
+- ``fp16``: ``onnxruntime.transformers.float16`` (fp32 inputs/outputs kept); meant for GPUs.
+- ``int8``: ONNX Runtime dynamic quantisation (int8 weights, per-channel, dynamic activations).
+- ``bf16``: OpenVINO on a CPU with AMX / AVX512-BF16 (``INFERENCE_PRECISION_HINT=bf16``). The artifact is
+  the fp32 ``model.onnx`` itself: the precision is a runtime hint, so the variant entry names that file and
+  the server's OpenVINO engine applies the hint.
+
+A variant whose worst pooled-embedding cosine vs fp32 is under its bar (fp16/bf16 0.999, int8 0.99) is
+refused with ``VariantRefused``: the export fails and nothing is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from d2v.export.manifest import CLS_OUTPUT, MEAN_OUTPUT
+from d2v.export.parity import cosine_rows
+
+from d2v.errors import ConfigError, UnprocessableInput
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("fp16", "int8", "bf16")
+COSINE_BARS = {"fp16": 0.999, "bf16": 0.999, "int8": 0.99}
+VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "bf16": "model.onnx"}
+
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class VariantRefused(UnprocessableInput):
+    default_code = "variant_refused"
+
+
+class VariantUnsupported(ConfigError):
+    default_code = "variant_unsupported"
+
+
+def parse_variants(text: str | None) -> list[str]:
+    if not text:
+        return []
+    names = [v.strip().lower() for v in text.split(",") if v.strip()]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad:
+        raise ConfigError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
+    return list(dict.fromkeys(names))
+
+
+# --------------------------------------------------------------------------------------------- runners
+def ort_runner(path: Path, outputs: list[str], threads: int = 0) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(outputs, session.run(outputs, feeds), strict=True))
+
+    run.session = session  # type: ignore[attr-defined]
+    return run
+
+
+def cpu_has_bf16() -> bool:
+    import openvino as ov
+
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in caps
+
+
+def openvino_runner(path: Path, outputs: list[str], precision: str = "bf16", threads: int = 0) -> Runner:
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+    ports = {o.get_any_name(): o for o in compiled.outputs}
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = request.infer(feeds)
+        return {n: np.asarray(result[ports[n]]) for n in outputs}
+
+    return run
+
+
+# -------------------------------------------------------------------------------------------- builders
+def build_fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src), load_external_data=True)
+    model16 = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    wrapped = OnnxModel(model16)
+    wrapped.topological_sort()  # the inserted input casts land after their consumers
+    _save(wrapped.model, dst)
+
+
+def build_int8(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    model = onnx.load(str(dst), load_external_data=True)
+    _save(model, dst)
+
+
+def _save(model, dst: Path) -> None:
+    import onnx
+
+    data = dst.with_name(dst.name + ".data")
+    if data.exists():
+        data.unlink()
+    onnx.save_model(
+        model,
+        str(dst),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
+    onnx.checker.check_model(str(dst))
+
+
+# ------------------------------------------------------------------------------------------------ score
+@dataclass
+class VariantResult:
+    name: str
+    file: str
+    engine: str  # "onnxruntime" | "openvino"
+    cosine_vs_fp32: float
+    bar: float
+    seconds_per_batch: float = 0.0
+    notes: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "engine": self.engine,
+            "cosine_vs_fp32": self.cosine_vs_fp32,
+            "bar": self.bar,
+            "seconds_per_batch": self.seconds_per_batch,
+            **self.notes,
+        }
+
+
+def pooled_cosine(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float:
+    """Worst row cosine over the pooled outputs (mean and, when present, CLS)."""
+    worst = 1.0
+    for name in (MEAN_OUTPUT, CLS_OUTPUT):
+        if name in ref:
+            cos = cosine_rows(ref[name], got[name])
+            worst = min(worst, float(np.nan_to_num(cos, nan=-1.0).min()))
+    return worst
+
+
+def time_runner(run: Runner, feeds: dict[str, np.ndarray], repeats: int = 5) -> float:
+    run(feeds)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(feeds)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def make_variant(
+    name: str,
+    fp32_path: Path,
+    out_dir: Path,
+    outputs: list[str],
+    heldout: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    *,
+    bars: dict[str, float] | None = None,
+    explicit: bool = True,
+    threads: int = 0,
+) -> VariantResult | None:
+    """Build, score and time one variant. ``None`` when the host cannot run it and it was not asked for."""
+    bar = (bars or {}).get(name, COSINE_BARS[name])
+    if name == "bf16":
+        if not cpu_has_bf16():
+            msg = "bf16 needs a CPU with AMX or AVX512-BF16 (OpenVINO reports no BF16 capability here)"
+            if explicit:
+                raise VariantUnsupported(msg)
+            log.warning("skipping bf16: %s", msg)
+            return None
+        run = openvino_runner(fp32_path, outputs, "bf16", threads)
+        engine, file = "openvino", fp32_path.name
+    else:
+        dst = out_dir / VARIANT_FILES[name]
+        (build_fp16 if name == "fp16" else build_int8)(fp32_path, dst)
+        run = ort_runner(dst, outputs, threads)
+        engine, file = "onnxruntime", dst.name
+    got = run(heldout)
+    cos = pooled_cosine(reference, got)
+    if not cos >= bar:
+        for leftover in (out_dir / VARIANT_FILES[name], out_dir / (VARIANT_FILES[name] + ".data")):
+            if name != "bf16" and leftover.exists():
+                leftover.unlink()
+        raise VariantRefused(
+            f"variant {name} refused: worst pooled-embedding cosine vs fp32 on the held-out batch is {cos:.6f}, "
+            f"below the bar {bar}; export aborted, nothing written (drop it from --variants)"
+        )
+    seconds = time_runner(run, heldout)
+    log.info("variant %s: cosine %.6f (bar %s), %.4f s/batch (%s)", name, cos, bar, seconds, engine)
+    notes = {"precision_hint": "bf16"} if name == "bf16" else {}
+    return VariantResult(name, file, engine, cos, bar, seconds, notes)
