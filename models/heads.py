@@ -18,10 +18,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from d2v.models.masking import restore
 from torch import Tensor, nn
 
 from d2v.errors import ConfigError, InvalidInput
+from d2v.models.masking import restore
 
 __all__ = [
     "Decoder1d",

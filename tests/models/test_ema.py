@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 import torch
-from d2v.models.ema import EMAConfig, EMATeacher, ema_preset, matches_any
 from torch import nn
 
 from d2v.errors import ConfigError
+from d2v.models.ema import EMAConfig, EMATeacher, ema_preset, matches_any
 
 
 class Tiny(nn.Module):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
+from d2v.errors import ConfigError
 from d2v.models.heads import (
     Decoder1d,
     Decoder2d,
@@ -17,8 +19,6 @@ from d2v.models.heads import (
 from d2v.models.loss import d2v_loss
 from d2v.models.masking import block_mask_1d, block_mask_2d, gather_kept, make_mask_info, random_mask
 from d2v.models.targets import build_targets
-
-from d2v.errors import ConfigError
 
 
 def gen(seed: int = 0) -> torch.Generator:

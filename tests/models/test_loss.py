@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from d2v.models.loss import d2v_loss, feature_std
 
 from d2v.errors import InvalidInput
+from d2v.models.loss import d2v_loss, feature_std
 
 
 def test_zero_when_equal() -> None:

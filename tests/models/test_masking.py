@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from d2v.errors import InvalidInput
 from d2v.models.masking import (
     beit_block_mask,
     bert_mask,
@@ -16,8 +18,6 @@ from d2v.models.masking import (
     span_mask,
     text_span_mask,
 )
-
-from d2v.errors import InvalidInput
 
 
 def gen(seed: int = 0) -> torch.Generator:

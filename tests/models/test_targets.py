@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from d2v.models.targets import build_targets
 
 from d2v.errors import ConfigError
+from d2v.models.targets import build_targets
 
 # Two layers, B=1, T=3, D=2.
 L0 = torch.tensor([[[1.0, 2.0], [3.0, 6.0], [5.0, 10.0]]])

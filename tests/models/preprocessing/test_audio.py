@@ -3,6 +3,8 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+
+from d2v.errors import ConfigError, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from d2v.models.preprocessing import (
     AudioPreprocessingConfig,
     AudioPreprocessor,
@@ -13,8 +15,6 @@ from d2v.models.preprocessing import (
     probe,
 )
 from d2v.models.preprocessing import audio as audio_module
-
-from d2v.errors import ConfigError, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 
 
 def tone(seconds, rate, channels=1, freq=440.0):

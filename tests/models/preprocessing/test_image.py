@@ -5,6 +5,9 @@ import zlib
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile
+
+from d2v.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from d2v.models.preprocessing import (
     DEFAULT_MAX_PIXELS,
     IMAGENET_MEAN,
@@ -21,9 +24,6 @@ from d2v.models.preprocessing import (
     to_chw_float,
     to_rgb,
 )
-from PIL import Image, ImageFile
-
-from d2v.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 
 MEAN = np.asarray(IMAGENET_MEAN, np.float32).reshape(3, 1, 1)
 STD = np.asarray(IMAGENET_STD, np.float32).reshape(3, 1, 1)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from d2v.models.preprocessing import AudioPreprocessor, ImagePreprocessingConfig, ImagePreprocessor
 
 DATA = Path(__file__).resolve().parents[3] / "data"

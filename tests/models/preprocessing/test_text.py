@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from d2v.errors import ConfigError, InvalidInput, NotFound, PayloadTooLarge
 from d2v.models.preprocessing import (
     SPECIAL_TOKENS,
     TextPreprocessingConfig,
@@ -12,8 +14,6 @@ from d2v.models.preprocessing import (
     build_preprocessor,
     train_bpe_tokenizer,
 )
-
-from d2v.errors import ConfigError, InvalidInput, NotFound, PayloadTooLarge
 
 REPO = Path(__file__).resolve().parents[3]
 CORPUS = [

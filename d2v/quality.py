@@ -1,0 +1,471 @@
+"""Quality report: linear probes of the default tiny models vs random initialisation vs a trivial baseline.
+
+``d2v quality-report`` pretrains the three default models with the quickstart recipes (the exact pipeline
+of ``d2v quickstart``, into a temporary store unless ``--store`` names an existing one), then fits one
+linear probe per feature set on the train split of the committed sample data (``data/README.md``) and
+scores it on the held-out test split:
+
+* ``pretrained``: the pooled, layer-averaged embedding of the pretrained checkpoint (mean of the top-K
+  block outputs, each layer-normed, averaged over tokens: what the server returns);
+* ``random init``: the same architecture, configuration and seed before any training step (the weights
+  pretraining started from), embedded the same way;
+* ``baseline``: raw pixels (images), simple waveform statistics (audio: duration, RMS, zero-crossing
+  rate, log-energy bands), a bag of tokens (text, with the model's own tokenizer).
+
+The probe is ``StandardScaler`` + multinomial ``LogisticRegression`` (scikit-learn, L2, ``C=1``), fitted
+with a fixed seed, so a report is reproducible. Results go to ``docs/quality.md`` (between generated
+markers; the hand-kept sections around them survive) and ``docs/quality.png``.
+
+Heavy imports (torch, sklearn, matplotlib) happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from d2v.errors import ConfigError, NotFound
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("text", "image", "audio")
+FEATURES = ("pretrained", "random_init", "baseline")
+FEATURE_LABELS = {"pretrained": "pretrained (data2vec)", "random_init": "random init", "baseline": "trivial baseline"}
+BASELINE_NAMES = {
+    "image": "raw pixels (32x32 grey)",
+    "audio": "waveform statistics (duration, RMS, ZCR, 24 log-energy bands)",
+    "text": "bag of tokens (the model's BPE)",
+}
+TARGET_GAP = 0.10  # pretrained must beat random init by >= 10 accuracy points
+
+RESULTS_BEGIN, RESULTS_END = "<!-- d2v:results:begin -->", "<!-- d2v:results:end -->"
+ATTEMPTS_BEGIN, ATTEMPTS_END = "<!-- d2v:attempts:begin -->", "<!-- d2v:attempts:end -->"
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class LabelledSet:
+    """One modality's labelled sample data: raw items (file paths or texts), labels and the fixed split."""
+
+    modality: str
+    items: list[Any]
+    labels: list[str]
+    splits: list[str]
+    extra: list[dict[str, str]] = field(default_factory=list)
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.asarray([i for i, s in enumerate(self.splits) if s == split], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def load_labelled(modality: str, data_dir: str | Path) -> LabelledSet:
+    """Read ``data/<modality>``'s manifest (``data/README.md``): images and audio from ``manifest.csv``,
+    text from ``docstrings.jsonl``."""
+    data_dir = Path(data_dir)
+    if modality == "text":
+        path = data_dir / "text" / "docstrings.jsonl"
+        if not path.is_file():
+            raise NotFound(f"labelled text data not found: {path}")
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return LabelledSet("text", [r["text"] for r in rows], [r["label"] for r in rows], [r["split"] for r in rows])
+    if modality not in ("image", "audio"):
+        raise ConfigError(f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
+    root = data_dir / ("images" if modality == "image" else "audio")
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise NotFound(f"labelled {modality} data not found: {manifest}")
+    with manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return LabelledSet(
+        modality,
+        [root / r["path"] for r in rows],
+        [r["label"] for r in rows],
+        [r["split"] for r in rows],
+        rows,
+    )
+
+
+def write_pretraining_data(modality: str, data_dir: str | Path, out_dir: str | Path) -> Path:
+    """The unlabelled pretraining input: the train split only (the test split stays unseen until the probe).
+
+    Images / audio: a list of absolute paths (``.txt`` manifest, one per line); text: a JSONL of ``text``.
+    """
+    ds = load_labelled(modality, data_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = ds.indices("train")
+    if modality == "text":
+        path = out_dir / "text-train.jsonl"
+        path.write_text("".join(json.dumps({"text": ds.items[i]}) + "\n" for i in train), encoding="utf-8")
+    else:
+        path = out_dir / f"{modality}-train.txt"
+        path.write_text("".join(f"{Path(ds.items[i]).resolve()}\n" for i in train))
+    return path
+
+
+# ------------------------------------------------------------------------------------------- features
+
+
+def load_model(checkpoint: str | Path, *, random_init: bool = False, seed: int = 0):
+    """The checkpoint (eval mode), or, with ``random_init``, the same architecture initialised with ``seed``
+    exactly as ``d2v train`` initialises it (``torch.manual_seed(seed)`` then ``Data2VecModel.from_config``)."""
+    import torch
+
+    from d2v.models.checkpoint import load_checkpoint
+    from d2v.models.model import Data2VecModel
+
+    ckpt = load_checkpoint(checkpoint)
+    if random_init:
+        torch.manual_seed(seed)
+        ckpt.model = Data2VecModel.from_config(ckpt.config).eval()
+    return ckpt
+
+
+def embed_items(ckpt, items: Sequence[Any], *, batch_size: int = 64, threads: int = 0) -> np.ndarray:
+    """Pooled embeddings ``[N, D]`` (the checkpoint's default pooling of the layer-normed top-K average)."""
+    import torch
+
+    from d2v.models.embedding import extract_embeddings
+    from d2v.models.preprocessing import build_preprocessor
+
+    if threads:
+        torch.set_num_threads(threads)
+    pre = build_preprocessor(ckpt.preprocessing, ckpt.path)
+    decoded = [pre.load_item(x) for x in items]
+    # Length-sorted batches: little padding for audio and text (padding is masked either way).
+    order = sorted(range(len(decoded)), key=lambda i: len(decoded[i]) if ckpt.config.modality != "image" else 0)
+    out = np.zeros((len(decoded), ckpt.config.transformer.dim), dtype=np.float32)
+    pooling = ckpt.embedding.pooling
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = pre.collate([decoded[i] for i in idx])
+            names = [k for k in batch if k != "attention_mask"]
+            inputs = torch.from_numpy(batch[names[0]])
+            mask = torch.from_numpy(batch["attention_mask"]) if "attention_mask" in batch else None
+            emb = extract_embeddings(ckpt.model, inputs, mask, ckpt.embedding)
+            vec = emb.cls if pooling == "cls" and emb.cls is not None else emb.mean
+            out[idx] = vec.float().numpy()
+    return out
+
+
+def waveform_statistics(wave: np.ndarray, sample_rate: int = 16000, bands: int = 24) -> np.ndarray:
+    """Trivial audio features: duration, mean, std, RMS (dB), zero-crossing rate, and the log energy of
+    ``bands`` equal-width frequency bands of the clip's average power spectrum (25 ms frames)."""
+    wave = np.asarray(wave, dtype=np.float64)
+    frame, hop = int(0.025 * sample_rate), int(0.010 * sample_rate)
+    padded = np.pad(wave, (0, max(0, frame - len(wave))))
+    n = 1 + (len(padded) - frame) // hop
+    frames = np.stack([padded[i * hop : i * hop + frame] for i in range(n)]) * np.hanning(frame)
+    power = (np.abs(np.fft.rfft(frames, axis=1)) ** 2).mean(axis=0)
+    edges = np.linspace(0, len(power), bands + 1).astype(int)
+    band_energy = np.log(np.asarray([power[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)]) + 1e-10)
+    zcr = float(np.mean(np.abs(np.diff(np.signbit(wave).astype(np.int8))))) if len(wave) > 1 else 0.0
+    rms = 10 * np.log10(np.mean(wave**2) + 1e-12)
+    stats = [len(wave) / sample_rate, wave.mean(), wave.std(), rms, zcr]
+    return np.concatenate([np.asarray(stats), band_energy - band_energy.mean()]).astype(np.float32)
+
+
+def baseline_features(ds: LabelledSet, ckpt=None) -> np.ndarray:
+    """The trivial baseline's features for every item of ``ds`` (text needs ``ckpt`` for its tokenizer)."""
+    if ds.modality == "image":
+        from PIL import Image
+
+        return np.stack(
+            [np.asarray(Image.open(p).convert("L").resize((32, 32)), dtype=np.float32).ravel() / 255 for p in ds.items]
+        )
+    if ds.modality == "audio":
+        from d2v.models.preprocessing import AudioPreprocessingConfig, AudioPreprocessor
+
+        pre = AudioPreprocessor(AudioPreprocessingConfig(normalize=False))
+        return np.stack([waveform_statistics(pre.load_item(p), pre.cfg.sample_rate) for p in ds.items])
+    if ckpt is None:
+        raise ConfigError("the text baseline needs a checkpoint (its tokenizer)")
+    from d2v.models.preprocessing import build_preprocessor
+
+    pre = build_preprocessor(ckpt.preprocessing, ckpt.path)
+    vocab = int(ckpt.config.text.vocab_size)
+    out = np.zeros((len(ds), vocab), dtype=np.float32)
+    for i, text in enumerate(ds.items):
+        ids = np.asarray(pre.load_item(text), dtype=np.int64)
+        out[i] = np.minimum(np.bincount(ids, minlength=vocab)[:vocab], 1)  # binary bag of tokens
+    return out
+
+
+def probe_accuracy(features: np.ndarray, ds: LabelledSet, *, seed: int = 0, train_limit: int | None = None) -> float:
+    """Fit StandardScaler + logistic regression on the train split (optionally its first ``train_limit``
+    items per a seeded stratified subsample), return the test-split accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labels = np.asarray(ds.labels)
+    train, test = ds.indices("train"), ds.indices("test")
+    if train_limit:
+        rng = np.random.default_rng(seed)
+        train = np.sort(rng.permutation(train)[:train_limit])
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0, random_state=seed))
+    clf.fit(features[train], labels[train])
+    return float((clf.predict(features[test]) == labels[test]).mean())
+
+
+def evaluate(
+    modality: str,
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    *,
+    seed: int,
+    baseline: bool = True,
+) -> dict[str, Any]:
+    """Probe accuracies (test split) of one modality: pretrained, random init (same seed), baseline."""
+    ds = load_labelled(modality, data_dir)
+    t0 = time.perf_counter()
+    pretrained = load_model(checkpoint)
+    result: dict[str, Any] = {
+        "modality": modality,
+        "checkpoint": str(checkpoint),
+        "train_items": int(len(ds.indices("train"))),
+        "test_items": int(len(ds.indices("test"))),
+        "classes": len(set(ds.labels)),
+    }
+    result["pretrained"] = probe_accuracy(embed_items(pretrained, ds.items), ds, seed=seed)
+    random_model = load_model(checkpoint, random_init=True, seed=seed)
+    result["random_init"] = probe_accuracy(embed_items(random_model, ds.items), ds, seed=seed)
+    if baseline:
+        result["baseline"] = probe_accuracy(baseline_features(ds, pretrained), ds, seed=seed)
+        result["baseline_name"] = BASELINE_NAMES[modality]
+    result["gap"] = result["pretrained"] - result["random_init"]
+    result["probe_seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def run_report(
+    *,
+    out_md: Path,
+    out_png: Path,
+    store: Path | None = None,
+    seed: int = 0,
+    steps_scale: float = 1.0,
+    max_steps: int | None = None,
+    modalities: Sequence[str] = MODALITIES,
+    overrides: Sequence[str] = (),
+    record: str | None = None,
+    json_out: Path | None = None,
+    data_dir: Path | None = None,
+    work_dir: Path | None = None,
+    threads: int = 0,
+    progress: bool = True,
+    export: bool = True,
+) -> dict[str, Any]:
+    """Build (or reuse) the default models, probe them and write the report. Returns the results."""
+    import tempfile
+
+    from d2v.paths import sample_data_dir
+    from d2v.quickstart_impl import QuickstartOptions, build_models, parse_overrides
+
+    data_dir = Path(data_dir) if data_dir else sample_data_dir()
+    per_modality = parse_overrides(overrides, modalities)
+    results: dict[str, Any] = {"seed": seed, "modalities": {}, "overrides": list(overrides)}
+    with tempfile.TemporaryDirectory(prefix="d2v-quality-", dir=work_dir) as tmp:
+        if store is None:
+            store = Path(tmp) / "models"
+            opts = QuickstartOptions(
+                store=store,
+                seed=seed,
+                steps_scale=steps_scale,
+                max_steps=max_steps,
+                modalities=tuple(modalities),
+                overrides=per_modality,
+                variants=(),
+                data_dir=data_dir,
+                threads=threads,
+                progress=progress,
+                export=export,
+            )
+            summary = build_models(opts)
+            results["quickstart"] = summary
+        for modality in modalities:
+            from d2v.paths import DEFAULT_MODEL_NAMES
+
+            model_dir = Path(store) / DEFAULT_MODEL_NAMES[modality]
+            ckpt = model_dir / "checkpoint"
+            if not ckpt.is_dir():
+                raise NotFound(f"{model_dir} has no checkpoint/ (build it with `d2v quickstart`)")
+            info = _read_json(model_dir / "quickstart.json")
+            model_seed = int(info.get("seed", seed))
+            log.info("probing %s (%s)", modality, ckpt)
+            res = evaluate(modality, ckpt, data_dir, seed=model_seed)
+            res["train"] = {k: info.get(k) for k in ("recipe", "steps", "train_seconds", "final_loss", "overrides")}
+            results["modalities"][modality] = res
+            print(_result_line(res), flush=True)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=2) + "\n")
+    if record is not None:
+        append_attempt(out_md, record, results)
+    else:
+        write_markdown(out_md, results, out_png)
+        write_chart(out_png, results)
+    return results
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _result_line(res: dict[str, Any]) -> str:
+    gap = res["gap"] * 100
+    mark = "ok" if res["gap"] >= TARGET_GAP else "MISSED"
+    return (
+        f"{res['modality']:>5}: pretrained {res['pretrained']:.3f}  random init {res['random_init']:.3f}  "
+        f"baseline {res.get('baseline', float('nan')):.3f}  gap {gap:+.1f} pts [{mark}]"
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def results_table(results: dict[str, Any]) -> str:
+    lines = [
+        "| modality | test items | pretrained | random init | gap (points) | trivial baseline | baseline features |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for m, r in results["modalities"].items():
+        ok = "✅" if r["gap"] >= TARGET_GAP else "❌"
+        lines.append(
+            f"| {m} | {r['test_items']} | **{_pct(r['pretrained'])}** | {_pct(r['random_init'])} | "
+            f"{100 * r['gap']:+.1f} {ok} | {_pct(r.get('baseline'))} | {r.get('baseline_name', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def training_table(results: dict[str, Any]) -> str:
+    lines = ["| modality | recipe | steps | train time (s) | final loss |", "|---|---|---:|---:|---:|"]
+    for m, r in results["modalities"].items():
+        t = r.get("train") or {}
+        loss = t.get("final_loss")
+        lines.append(
+            f"| {m} | `{t.get('recipe')}` | {t.get('steps')} | {t.get('train_seconds')} | "
+            f"{'n/a' if loss is None else f'{loss:.4f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def _generated_block(results: dict[str, Any], png_name: str) -> str:
+    total = (results.get("quickstart") or {}).get("total_seconds")
+    parts = [
+        RESULTS_BEGIN,
+        f"Seed {results['seed']}; accuracy (%) of a linear probe on the held-out test split.",
+        "",
+        results_table(results),
+        "",
+        f"![probe accuracy per modality]({png_name})",
+        "",
+        "Pretraining runs behind these numbers (the quickstart pipeline"
+        + (f", {total:.0f} s in all for pretraining + export on this machine):" if total else "):"),
+        "",
+        training_table(results),
+        RESULTS_END,
+    ]
+    return "\n".join(parts)
+
+
+def write_markdown(path: Path, results: dict[str, Any], png: Path) -> None:
+    """Replace the generated block of ``path`` (creating the file from the template when needed)."""
+    block = _generated_block(results, png.name if png.parent == path.parent else str(png))
+    text = path.read_text() if path.is_file() else _TEMPLATE
+    if RESULTS_BEGIN not in text:
+        text = _TEMPLATE
+    text = re.sub(re.escape(RESULTS_BEGIN) + r".*?" + re.escape(RESULTS_END), lambda _: block, text, flags=re.S)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    log.info("wrote %s", path)
+
+
+def append_attempt(path: Path, note: str, results: dict[str, Any]) -> None:
+    """Append one row (settings -> accuracies) to the tuning log of ``path``."""
+    text = path.read_text() if path.is_file() else _TEMPLATE
+    if ATTEMPTS_END not in text:
+        text = _TEMPLATE
+    cells = []
+    for m in MODALITIES:
+        r = results["modalities"].get(m)
+        cells.append("" if r is None else f"{_pct(r['pretrained'])} / {_pct(r['random_init'])} ({100 * r['gap']:+.1f})")
+    steps = ", ".join(f"{m}={(r.get('train') or {}).get('steps')}" for m, r in results["modalities"].items())
+    overrides = "<br>".join(f"`{o}`" for o in results.get("overrides") or []) or "(committed recipes)"
+    row = f"| {note} | {overrides} | {steps} | " + " | ".join(cells) + " |\n"
+    text = text.replace(ATTEMPTS_END, row + ATTEMPTS_END)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    log.info("recorded attempt %r in %s", note, path)
+
+
+def write_chart(path: Path, results: dict[str, Any]) -> None:
+    """Grouped bar chart: probe accuracy per modality for the three feature sets (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mods = list(results["modalities"])
+    x = np.arange(len(mods))
+    width = 0.26
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    colors = {"pretrained": "#2b6cb0", "random_init": "#a0aec0", "baseline": "#ed8936"}
+    for i, feat in enumerate(FEATURES):
+        vals = [100 * (results["modalities"][m].get(feat) or 0.0) for m in mods]
+        bars = ax.bar(x + (i - 1) * width, vals, width, label=FEATURE_LABELS[feat], color=colors[feat])
+        ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+    ax.set_xticks(x, mods)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Linear probe on held-out splits (seed {results['seed']})")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    log.info("wrote %s", path)
+
+
+_TEMPLATE = f"""# Quality of the default tiny models
+
+Regenerate everything below the title's results block with one command (about the time of a quickstart):
+
+```bash
+.venv/bin/d2v quality-report            # writes docs/quality.md (results block) + docs/quality.png
+```
+
+{RESULTS_BEGIN}
+{RESULTS_END}
+
+## Tuning log
+
+Each row is one run of `d2v quality-report --record NOTE [--override MODALITY:KEY=VALUE ...]` (pretrained /
+random init accuracy in %, and the gap in points).
+
+| attempt | overrides | steps | text | image | audio |
+|---|---|---|---|---|---|
+{ATTEMPTS_END}
+"""

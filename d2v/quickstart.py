@@ -1,0 +1,129 @@
+"""``d2v quickstart`` and ``d2v quality-report``: argparse only at import; the work is in
+``d2v.quickstart_impl`` and ``d2v.quality`` (torch, imported when a command runs).
+
+    d2v quickstart [--store DIR] [--seed 0] [--steps-scale 1.0] [--modalities text image audio] [--force]
+    d2v quality-report [--store DIR] [--record NOTE] [--override MODALITY:KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+MODALITIES = ("text", "image", "audio")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "quickstart",
+        help="pretrain + export the default tiny text/image/audio models into the model store",
+        description="Pretrain tiny data2vec models on the bundled sample data (recipes "
+        "training/recipes/quickstart-*.yaml), export them to ONNX and install them as "
+        "<store>/d2v-{text,image,audio}-tiny. Models already in the store are kept unless --force.",
+    )
+    _common(p)
+    p.add_argument("--force", action="store_true", help="rebuild models that are already in the store")
+    p.add_argument(
+        "--variants",
+        default="int8",
+        help="extra ONNX variants (comma list of fp16,int8,bf16, or 'none'); kept when they pass their bar",
+    )
+    p.set_defaults(func=_quickstart)
+
+    q = subparsers.add_parser(
+        "quality-report",
+        help="probe the default models vs random init vs a trivial baseline; writes docs/quality.{md,png}",
+        description="Pretrain the default models with the quickstart recipes (in a temporary store, or probe "
+        "the models of --store), fit linear probes on the sample data's train splits, score them on the "
+        "held-out test splits, and write the report.",
+    )
+    _common(q, store_help="probe the models of this store instead of pretraining fresh ones")
+    q.add_argument("--out", type=Path, default=None, help="markdown report (default: docs/quality.md)")
+    q.add_argument("--png", type=Path, default=None, help="bar chart (default: beside --out, quality.png)")
+    q.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    q.add_argument(
+        "--record",
+        metavar="NOTE",
+        default=None,
+        help="append this run to the report's tuning log instead of replacing the results block",
+    )
+    q.add_argument(
+        "--no-export",
+        dest="export",
+        action="store_false",
+        help="probe the checkpoints without exporting them (faster tuning runs; same numbers)",
+    )
+    q.set_defaults(func=_quality)
+
+
+def _common(p: argparse.ArgumentParser, store_help: str | None = None) -> None:
+    p.add_argument("--store", type=Path, default=None, help=store_help or "model store (default: $D2V_HOME/models)")
+    p.add_argument("--seed", type=int, default=0, help="training (and random-init) seed (default 0)")
+    p.add_argument(
+        "--steps-scale",
+        "--budget",
+        dest="steps_scale",
+        type=float,
+        default=1.0,
+        help="multiply every recipe's step count (e.g. 0.02 for a smoke run)",
+    )
+    p.add_argument("--max-steps", type=int, default=None, help="train every model for exactly N steps")
+    p.add_argument("--modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES))
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="[MODALITY:]KEY=VALUE",
+        help="extra training override for one modality (text:optim.lr=1e-3) or all (repeatable)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: the recipe's)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from d2v.paths import default_store
+    from d2v.quickstart_impl import QuickstartOptions, parse_overrides, run_quickstart
+
+    variants = () if args.variants.lower() == "none" else tuple(v for v in args.variants.split(",") if v.strip())
+    opts = QuickstartOptions(
+        store=args.store or default_store(),
+        seed=args.seed,
+        steps_scale=args.steps_scale,
+        max_steps=args.max_steps,
+        modalities=tuple(args.modalities),
+        force=args.force,
+        overrides=parse_overrides(args.override, args.modalities),
+        variants=variants,
+        threads=args.threads,
+        progress=args.progress,
+    )
+    run_quickstart(opts)
+    return 0
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from d2v.paths import repo_root
+    from d2v.quality import run_report
+
+    out = args.out or repo_root() / "docs" / "quality.md"
+    png = args.png or out.with_suffix(".png")
+    results = run_report(
+        out_md=out,
+        out_png=png,
+        store=args.store,
+        seed=args.seed,
+        steps_scale=args.steps_scale,
+        max_steps=args.max_steps,
+        modalities=args.modalities,
+        overrides=args.override,
+        record=args.record,
+        json_out=args.json,
+        threads=args.threads,
+        progress=args.progress,
+        export=args.export,
+    )
+    missed = [m for m, r in results["modalities"].items() if r["gap"] < 0.10]
+    print(f"wrote {out}" + ("" if args.record else f" and {png}"))
+    if missed:
+        print(f"target missed (pretrained - random init < 10 points): {', '.join(missed)}")
+    return 0
