@@ -17,14 +17,13 @@ from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from d2v.errors import InvalidInput
 from d2v.models.config import EmbeddingConfig
+from d2v.models.targets import normalize as normalize_per_layer
 
 Norm = Literal["layer", "instance", "none"]
-_EPS = 1e-5  # F.instance_norm / F.layer_norm default, as fairseq's target construction
 
 
 class Embeddings(NamedTuple):
@@ -34,31 +33,9 @@ class Embeddings(NamedTuple):
     cls: Tensor | None  # [B, D] first token of the layer-normalised average (image CLS, text <s>); audio None
 
 
-def layer_norm_channels(x: Tensor) -> Tensor:
-    """Parameter-free LayerNorm over channels of each token, in fp32."""
-    return F.layer_norm(x.float(), x.shape[-1:], eps=_EPS)
-
-
-def instance_norm_time(x: Tensor, padding_mask: Tensor | None) -> Tensor:
-    """Each channel of each sequence normalised over time (biased variance, as ``F.instance_norm``), with
-    padded steps excluded from the statistics and zeroed in the output. x [B, T, D] -> fp32."""
-    x = x.float()
-    if padding_mask is None:
-        real = torch.ones(x.shape[:2] + (1,), dtype=x.dtype, device=x.device)
-    else:
-        real = (~padding_mask).to(x.dtype).unsqueeze(-1)
-    count = real.sum(dim=1, keepdim=True).clamp_min(1.0)
-    mean = (x * real).sum(dim=1, keepdim=True) / count
-    var = ((x - mean).square() * real).sum(dim=1, keepdim=True) / count
-    return (x - mean) * torch.rsqrt(var + _EPS) * real
-
-
 def normalize(x: Tensor, padding_mask: Tensor | None, norm: Norm) -> Tensor:
-    if norm == "layer":
-        return layer_norm_channels(x)
-    if norm == "instance":
-        return instance_norm_time(x, padding_mask)
-    return x.float()
+    """One parameter-free norm in fp32; the same definitions the target builder uses (``d2v.models.targets``)."""
+    return normalize_per_layer(x.float(), norm, padding_mask)
 
 
 def layer_average(

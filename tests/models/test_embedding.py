@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from d2v.errors import InvalidInput
 from d2v.models.config import EmbeddingConfig
-from d2v.models.embedding import extract_embeddings, instance_norm_time, layer_average
+from d2v.models.embedding import extract_embeddings, layer_average
+from d2v.models.targets import instance_norm
 
 
 def test_layer_average_by_hand():
@@ -37,7 +38,7 @@ def test_instance_norm_excludes_padding():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 6, 3, generator=g)
     padding = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
-    out = instance_norm_time(x, padding)
+    out = instance_norm(x, padding)
     # Row 1 equals F.instance_norm over its 4 real steps; padded steps are zero.
     reference = F.instance_norm(x[1:, :4].transpose(1, 2)).transpose(1, 2)
     torch.testing.assert_close(out[1, :4], reference[0], atol=1e-5, rtol=1e-5)
