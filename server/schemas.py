@@ -27,7 +27,7 @@ class EmbeddingsRequest(BaseModel):
     # OpenAI-compatible clients send fields we do not use (e.g. ``user``); ignore rather than refuse them.
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    model: str | None = Field(None, description="optional when one model serves the input's modality")
     input: str | list[int] | list[list[int]] | list[str | MediaItem]
     encoding_format: EncodingFormat = "float"
     dimensions: Annotated[int, Field(ge=1)] | None = None

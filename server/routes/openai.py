@@ -36,6 +36,14 @@ def _flatten(body: EmbeddingsRequest) -> list[Any]:
     return list(value)
 
 
+def _infer_modality(items: list[Any]) -> str:
+    """Without ``model`` or ``modality``: media items name theirs; strings and token ids are text."""
+    kinds = {item.type if isinstance(item, MediaItem) else "text" for item in items}
+    if len(kinds) != 1:
+        raise InvalidInput(f"input mixes modalities {sorted(kinds)}; send one modality per request")
+    return kinds.pop()
+
+
 async def _raws(request: Request, items: list[Any], modality: str) -> list[Any]:
     raws: list[Any] = [None] * len(items)
     media_index, media_values = [], []
@@ -57,11 +65,15 @@ async def _raws(request: Request, items: list[Any], modality: str) -> list[Any]:
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse)
 async def create_embeddings(body: EmbeddingsRequest, request: Request) -> JSONResponse:
     state = request.app.state
-    model = state.registry.get(body.model)
-    if body.modality is not None and body.modality != model.modality:
-        raise InvalidInput(f"model {body.model!r} embeds {model.modality}, not {body.modality}")
-    model = state.registry.resolve(model.modality, body.model)  # readiness check
     items = _flatten(body)
+    if body.model is not None:
+        model = state.registry.get(body.model)
+        if body.modality is not None and body.modality != model.modality:
+            raise InvalidInput(f"model {body.model!r} embeds {model.modality}, not {body.modality}")
+        modality = model.modality
+    else:
+        modality = body.modality or _infer_modality(items)
+    model = state.registry.resolve(modality, body.model)  # readiness check
     check_count(len(items), state.settings)
     raws = await _raws(request, items, model.modality)
     vectors, tokens = await embed_and_shape(

@@ -100,6 +100,19 @@ async def test_openai_image_and_audio_items(client):
     assert_error(mismatch, 400)
 
 
+async def test_openai_model_is_optional_when_one_model_serves_the_modality(client):
+    named = (await client.post("/v1/embeddings", json={"model": "tiny-text", "input": ["hello"]})).json()
+    unnamed = await client.post("/v1/embeddings", json={"input": ["hello"]})
+    assert unnamed.status_code == 200, unnamed.text
+    assert unnamed.json()["model"] == "tiny-text"
+    np.testing.assert_allclose(vec(unnamed.json()["data"][0]), vec(named["data"][0]), rtol=1e-6)
+    img = {"type": "image", "data": b64(png_bytes())}
+    r = await client.post("/v1/embeddings", json={"input": [img]})
+    assert r.status_code == 200 and r.json()["model"] == "tiny-image", r.text
+    mixed = await client.post("/v1/embeddings", json={"input": ["text", img]})
+    assert_error(mixed, 400)
+
+
 # ---------------------------------------------------------------------------------------- native
 async def test_native_text_options(client):
     url = "/v1/embed/text"
