@@ -7,6 +7,7 @@ variant under its cosine bar) leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from d2v.errors import ConfigError, NotFound
 from d2v.export.manifest import INPUT_NAMES, TOP_K_INPUT, ModelManifest, Variant, output_names
 from d2v.export.onnx_export import DEFAULT_OPSET, EmbeddingGraph, GraphOptions, check_opset, export_graph, graph_io
 from d2v.export.parity import (
@@ -29,8 +32,6 @@ from d2v.export.parity import (
 )
 from d2v.export.variants import COSINE_BARS, VARIANT_FILES, VARIANTS, make_variant, ort_runner
 
-from d2v.errors import ConfigError, NotFound
-
 log = logging.getLogger(__name__)
 
 ONNX_FILE = VARIANT_FILES["fp32"]
@@ -38,7 +39,7 @@ ONNX_FILE = VARIANT_FILES["fp32"]
 
 @dataclass
 class ExportOptions:
-    name: str | None = None  # default: the checkpoint directory's name
+    name: str | None = None  # default: the output directory's name (a model store entry is named by its folder)
     top_k: int | None = None  # default: the checkpoint's embedding config
     norm: str | None = None
     pooling: str | None = None
@@ -114,6 +115,7 @@ def export_to_dir(ckpt, sha: str, work: Path, opts: ExportOptions) -> ModelManif
     """Export into the (empty) directory ``work``; return the saved manifest."""
     import onnxruntime
     import torch
+
     from d2v.models.preprocessing import preprocessing_to_dict
 
     modality = ckpt.config.modality
@@ -141,7 +143,7 @@ def export_to_dir(ckpt, sha: str, work: Path, opts: ExportOptions) -> ModelManif
     heldout = make_inputs(spec, heldout_lengths(spec), seed=4242)
     heldout.update(top_k_feed)
     reference = fp32(heldout)
-    variants = {"fp32": Variant(ONNX_FILE, 1.0)}
+    variants = {"fp32": Variant(ONNX_FILE, 1.0, engine=None, precision="fp32")}  # any engine
     details: dict[str, dict] = {}
     fp32_seconds = None
     for name in opts.variants:
@@ -151,7 +153,7 @@ def export_to_dir(ckpt, sha: str, work: Path, opts: ExportOptions) -> ModelManif
         )  # fmt: skip
         if result is None:
             continue
-        variants[name] = Variant(result.file, result.cosine_vs_fp32)
+        variants[name] = result.as_variant()
         details[name] = result.as_dict()
     if details:
         from d2v.export.variants import time_runner
@@ -169,7 +171,8 @@ def export_to_dir(ckpt, sha: str, work: Path, opts: ExportOptions) -> ModelManif
             onnx_path, work, names, heldout, num_heads=t.num_heads, hidden_size=t.dim, threads=opts.threads
         )
         if optimization.get("saved"):
-            variants["optimized"] = Variant(optimization["file"], 1.0)
+            # ORT transformer fusions use com.microsoft operators: ONNX Runtime only.
+            variants["optimized"] = Variant(optimization["file"], 1.0, engine="onnxruntime", precision="fp32")
 
     if modality == "text":
         tok = ckpt.preprocessing.tokenizer_file
@@ -246,8 +249,10 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
 def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opts: ExportOptions | None = None):
     """Export ``checkpoint`` to ``out_dir`` (ONNX, parity.json, variants, model.json). Returns the manifest."""
     opts = opts or ExportOptions()
-    opts.validate()
     out = Path(out_dir).absolute()
+    if opts.name is None:  # a model store entry is named by its folder: keep the two the same
+        opts = dataclasses.replace(opts, name=out.name)
+    opts.validate()
     check_out_dir(out, opts.overwrite)
     start = time.perf_counter()
     ckpt, sha = _load(Path(checkpoint))

@@ -49,10 +49,35 @@ class TensorSpec:
     shape: list[int | str]  # symbolic axes as strings ("batch", "sequence"), fixed axes as ints
 
 
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+VARIANT_ENGINES = ("onnxruntime", "openvino")
+
+
 @dataclass
 class Variant:
+    """One servable form of the model.
+
+    ``engine``: the embedded engine the variant is built for (``None``: any engine that reads ONNX).
+    ``precision``: the arithmetic it runs in. ``bf16`` is the fp32 graph run by OpenVINO with
+    ``INFERENCE_PRECISION_HINT=bf16`` (so ``engine="openvino"``); ``fp16`` / ``int8`` are ONNX Runtime files.
+    Manifests written before these fields existed load with both inferred from the variant's name.
+    """
+
     file: str  # relative to the model directory
     cosine_vs_fp32: float | None = None
+    engine: str | None = None
+    precision: str = "fp32"
+
+    @classmethod
+    def from_dict(cls, name: str, data: dict[str, Any]) -> Variant:
+        values = dict(data)
+        if "precision" not in values:  # an older manifest: the variant's name is its precision
+            values["precision"] = name if name in PRECISIONS else "fp32"
+            if name == "bf16":
+                values.setdefault("engine", "openvino")
+            elif name in ("fp16", "int8", "optimized"):  # ORT files (optimized: ORT-only fused operators)
+                values.setdefault("engine", "onnxruntime")
+        return cls(**values)
 
 
 @dataclass
@@ -132,6 +157,13 @@ class ModelManifest:
         missing_out = set(output_names(self.modality)) - set(self.outputs)
         if missing_out:
             raise bad(f"outputs lack {sorted(missing_out)}")
+        for vname, v in self.variants.items():
+            if v.precision not in PRECISIONS:
+                raise bad(f"variant {vname!r}: precision must be one of {PRECISIONS}, got {v.precision!r}")
+            if v.engine is not None and v.engine not in VARIANT_ENGINES:
+                raise bad(f"variant {vname!r}: engine must be one of {VARIANT_ENGINES} or null, got {v.engine!r}")
+            if v.precision == "bf16" and v.engine != "openvino":
+                raise bad(f"variant {vname!r}: bf16 is an OpenVINO precision hint, so its engine must be 'openvino'")
         if self.default_variant not in self.variants:
             raise bad(f"default_variant {self.default_variant!r} is not one of {sorted(self.variants)}")
         if self.preprocessing.get("modality") != self.modality:
@@ -157,7 +189,7 @@ class ModelManifest:
         try:
             values["inputs"] = {k: TensorSpec(**v) for k, v in data.get("inputs", {}).items()}
             values["outputs"] = {k: TensorSpec(**v) for k, v in data.get("outputs", {}).items()}
-            values["variants"] = {k: Variant(**v) for k, v in data.get("variants", {}).items()}
+            values["variants"] = {k: Variant.from_dict(k, v) for k, v in data.get("variants", {}).items()}
             values["triton"] = TritonNames(**data.get("triton", {}))
             manifest = cls(**values)
         except TypeError as exc:  # a missing required field or a bad nested key
@@ -198,6 +230,26 @@ class ModelManifest:
         if not path.is_file():
             raise NotFound(f"model {self.name!r} variant {name!r}: file {path} is missing")
         return path
+
+    def select_variant(self, engine: str, variant: str | None = None) -> tuple[str, Variant]:
+        """The variant an engine serves (default: ``default_variant``), or a ``ConfigError`` saying why this
+        engine cannot run it (a startup error: the server refuses to start rather than serve something else).
+        """
+        name = variant or self.default_variant
+        if name not in self.variants:
+            raise ConfigError(f"model {self.name!r} has no variant {name!r}; model.json offers {sorted(self.variants)}")
+        v = self.variants[name]
+        if v.engine is not None and v.engine != engine:
+            hint = "--engine openvino" if v.engine == "openvino" else f"--engine {v.engine}"
+            raise ConfigError(
+                f"model {self.name!r} variant {name!r} ({v.precision}, {v.file}) is built for {v.engine}, "
+                f"not {engine}: serve it with {hint} or pick another --variant ({self.variants_for(engine)})"
+            )
+        return name, v
+
+    def variants_for(self, engine: str) -> list[str]:
+        """Variant names ``engine`` can run."""
+        return sorted(n for n, v in self.variants.items() if v.engine in (None, engine))
 
     @property
     def has_cls(self) -> bool:

@@ -45,6 +45,10 @@ class TritonEnv:
 
     prefix: Path
 
+    def __post_init__(self) -> None:
+        # Absolute: tritonserver runs in a scratch cwd, and a relative bin/ on PATH would not find the venv.
+        self.prefix = Path(self.prefix).absolute()
+
     @property
     def python(self) -> Path:
         return self.prefix / "bin" / "python"
@@ -90,6 +94,9 @@ class TritonServer:
         return f"{self.host}:{self.grpc_port}"
 
     def start(self, timeout: float = 60.0) -> TritonServer:
+        if self.process is not None and self.process.poll() is None:
+            raise ConfigError("tritonserver is already running; stop() it first")
+        self.repository = Path(self.repository).absolute()  # the server's cwd is a scratch dir
         info = self.env.probe()
         dist = Path(info["pytriton"]) / "tritonserver"
         stub = dist / "python_backend_stubs" / info["version"] / "triton_python_backend_stub"

@@ -3,8 +3,11 @@
 - ``fp16``: ``onnxruntime.transformers.float16`` (fp32 inputs/outputs kept); meant for GPUs.
 - ``int8``: ONNX Runtime dynamic quantisation (int8 weights, per-channel, dynamic activations).
 - ``bf16``: OpenVINO on a CPU with AMX / AVX512-BF16 (``INFERENCE_PRECISION_HINT=bf16``). The artifact is
-  the fp32 ``model.onnx`` itself: the precision is a runtime hint, so the variant entry names that file and
-  the server's OpenVINO engine applies the hint.
+  the fp32 ``model.onnx`` itself: the precision is a runtime hint, so the variant entry names that file with
+  ``engine="openvino"``, ``precision="bf16"`` and the server's OpenVINO engine applies the hint. Only offered
+  where OpenVINO reports BF16 support.
+
+fp16 / int8 are ONNX Runtime files (``engine="onnxruntime"`` in model.json).
 
 A variant whose worst pooled-embedding cosine vs fp32 is under its bar (fp16/bf16 0.999, int8 0.99) is
 refused with ``VariantRefused``: the export fails and nothing is written.
@@ -19,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from d2v.export.manifest import CLS_OUTPUT, MEAN_OUTPUT
-from d2v.export.parity import cosine_rows
 
 from d2v.errors import ConfigError, UnprocessableInput
+from d2v.export.manifest import CLS_OUTPUT, MEAN_OUTPUT
+from d2v.export.parity import cosine_rows
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +147,27 @@ def _save(model, dst: Path) -> None:
 class VariantResult:
     name: str
     file: str
-    engine: str  # "onnxruntime" | "openvino"
+    engine: str  # "onnxruntime" | "openvino": the engine the variant is built for (model.json ``engine``)
     cosine_vs_fp32: float
     bar: float
     seconds_per_batch: float = 0.0
     notes: dict = field(default_factory=dict)
 
+    @property
+    def precision(self) -> str:
+        return self.name  # fp16 / int8 / bf16: the variant's name is its precision
+
+    def as_variant(self):
+        """The model.json entry."""
+        from d2v.export.manifest import Variant
+
+        return Variant(self.file, self.cosine_vs_fp32, engine=self.engine, precision=self.precision)
+
     def as_dict(self) -> dict:
         return {
             "file": self.file,
             "engine": self.engine,
+            "precision": self.precision,
             "cosine_vs_fp32": self.cosine_vs_fp32,
             "bar": self.bar,
             "seconds_per_batch": self.seconds_per_batch,

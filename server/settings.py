@@ -6,7 +6,6 @@ Nothing else in ``d2v.server`` reads the environment. List-valued variables (``D
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,9 +19,10 @@ SETTINGS_ENV = "D2V_SERVER_SETTINGS_JSON"
 
 
 def default_store() -> Path:
-    """``$D2V_HOME/models`` (default ``~/.cache/d2v/models``): resolved here, at the settings edge only."""
-    home = os.environ.get("D2V_HOME")
-    return (Path(home) if home else Path.home() / ".cache" / "d2v") / "models"
+    """``$D2V_HOME/models`` (default ``~/.cache/d2v/models``; ``d2v.paths``): resolved when settings are built."""
+    from d2v.paths import default_store as _default_store
+
+    return _default_store()
 
 
 def _split_list(value: object) -> object:

@@ -62,13 +62,34 @@ def _grpc_module() -> tuple[Any, type[Exception]]:
     return grpcclient, InferenceServerException
 
 
+# Triton reports a full dynamic-batching queue as UNAVAILABLE with this message: it is an overload (as the
+# gateway's 429), not an outage.
+_QUEUE_FULL = "exceeds maximum queue size"
+
+
 def map_triton_error(exc: Exception) -> D2VClientError:
     """The typed SDK error for a ``tritonclient`` exception (status ``StatusCode.X`` or ``X``)."""
     status = str(getattr(exc, "status", lambda: None)() or "")
     name = status.rsplit(".", 1)[-1].upper()
-    cls = _GRPC_STATUS.get(name, ServerError)
     message = getattr(exc, "message", lambda: None)() or str(exc)
+    cls = OverloadedError if _QUEUE_FULL in str(message).lower() else _GRPC_STATUS.get(name, ServerError)
     return cls(str(message), code=name or None)
+
+
+def _channel_args(grpc: Any) -> list[tuple[str, Any]]:
+    """tritonclient's default options plus a short reconnect backoff.
+
+    After a failed connection attempt gRPC waits before trying again (1 s, growing to 120 s by default) and
+    fails every call fast with UNAVAILABLE meanwhile, so the retries would all be spent while Triton is
+    already back. Capping the backoff at 1 s keeps the retry policy in charge of the waiting.
+    """
+    return [
+        ("grpc.max_send_message_length", grpc.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", grpc.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
 
 
 def finish(pooled: np.ndarray, normalize: bool, dimensions: int | None) -> np.ndarray:
@@ -111,7 +132,7 @@ class TritonClient:
         rng: random.Random | None = None,
     ) -> None:
         self._grpc, self._triton_error = _grpc_module()
-        self._client = client or self._grpc.InferenceServerClient(url=url)
+        self._client = client or self._grpc.InferenceServerClient(url=url, channel_args=_channel_args(self._grpc))
         self.model = model
         self.raw_input = raw_input
         self.timeout = timeout

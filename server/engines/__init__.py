@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from d2v.errors import ConfigError
 from d2v.export.manifest import ModelManifest
 
 from .base import EmbeddingEngine, warmup_inputs
@@ -12,23 +13,43 @@ from .base import EmbeddingEngine, warmup_inputs
 __all__ = ["EmbeddingEngine", "build_engine", "warmup_inputs"]
 
 
+def openvino_has_bf16() -> bool:
+    import openvino as ov  # lazy: only asked when a bf16 variant is chosen
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def build_engine(manifest: ModelManifest, model_dir: Path, settings) -> EmbeddingEngine:
-    """The engine ``settings.engine`` names, for one model (``settings``: ``ServerSettings``)."""
+    """The engine ``settings.engine`` names, for one model (``settings``: ``ServerSettings``).
+
+    The variant (``settings.variant``, default: the manifest's ``default_variant``) is checked here, before
+    the server binds: a variant built for another engine (``model.json`` ``variants.<name>.engine``), one the
+    manifest does not list, or bf16 on a CPU without BF16 is a ``ConfigError`` naming what would work.
+    """
     if settings.engine == "onnxruntime":
         from .onnxruntime import OnnxRuntimeEngine
 
-        return OnnxRuntimeEngine(
-            manifest, model_dir, variant=settings.variant, intra_op_threads=settings.intra_op_threads
-        )
+        name, _ = manifest.select_variant("onnxruntime", settings.variant)
+        return OnnxRuntimeEngine(manifest, model_dir, variant=name, intra_op_threads=settings.intra_op_threads)
     if settings.engine == "openvino":
         from .openvino import OpenVinoEngine
 
+        name, variant = manifest.select_variant("openvino", settings.variant)
+        precision = settings.openvino_precision
+        if variant.precision == "bf16":
+            if not openvino_has_bf16():
+                raise ConfigError(
+                    f"model {manifest.name!r} variant {name!r} needs bf16, but OpenVINO reports no BF16 support on "
+                    f"this CPU (AMX or AVX512-BF16); pick another --variant ({manifest.variants_for('openvino')})"
+                )
+            precision = "bf16"
         return OpenVinoEngine(
-            manifest,
-            model_dir,
-            variant=settings.variant,
-            precision=settings.openvino_precision,
-            intra_op_threads=settings.intra_op_threads,
+            manifest, model_dir, variant=name, precision=precision, intra_op_threads=settings.intra_op_threads
+        )
+    if settings.variant is not None:
+        raise ConfigError(
+            "--variant does not apply to --engine triton: the Triton repository fixes the variant when it is "
+            "generated (d2v export --format triton --triton-variant NAME)"
         )
     from .triton import TritonEngine
 

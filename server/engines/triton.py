@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from d2v.export.manifest import ModelManifest, output_names
 
 from d2v.errors import D2VError, InternalError, InvalidInput, Overloaded, Unavailable
+from d2v.export.manifest import ModelManifest, output_names
 
 from .base import Arrays, warmup_inputs
 
@@ -48,6 +48,32 @@ def map_triton_error(status: str | None, message: str, *, model: str, url: str, 
     if status in ("StatusCode.INVALID_ARGUMENT", "400"):
         return InvalidInput(f"Triton rejected the input for {model!r}: {message}")
     return InternalError(f"Triton failed on {model!r} ({status or 'unknown status'})")
+
+
+def grpc_channel_args() -> list[tuple[str, Any]]:
+    """tritonclient's default channel options plus what recovery needs.
+
+    gRPC shares subchannels between channels to the same address (a process-global pool), and a subchannel
+    that failed to connect sits in exponential reconnect backoff (1 s, growing to 120 s). A client rebuilt
+    after Triton went down would inherit that backoff and keep failing fast with UNAVAILABLE long after
+    Triton is back. A channel-local pool gives every rebuilt client a fresh connection attempt; the short
+    backoff keeps a long-lived channel from waiting minutes either.
+    """
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
 
 
 class TritonEngine:
@@ -95,7 +121,11 @@ class TritonEngine:
 
     def _get_client(self) -> Any:
         if self._client is None:
-            self._client = self._module().InferenceServerClient(url=self.url)
+            lib = self._module()
+            if self.protocol == "grpc":
+                self._client = lib.InferenceServerClient(url=self.url, channel_args=grpc_channel_args())
+            else:
+                self._client = lib.InferenceServerClient(url=self.url)
         return self._client
 
     async def _reset(self) -> None:

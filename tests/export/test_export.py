@@ -41,6 +41,7 @@ def test_layout_manifest_and_parity(exports, checkpoints, modality):
         assert m.inputs[INPUT_NAMES[modality][0]].shape[1] == ("sequence" if modality == "text" else "samples")
         assert m.outputs["d2v_token_embeddings"].shape[:2] == ["batch", "sequence" if modality == "text" else "frames"]
     assert m.embedding_dim == 64 and m.num_layers == 4 and m.pooling == "mean" and m.norm == "layer"
+    assert m.name == out.name  # named after its folder, so `d2v serve --model NAME` finds it in a store
     assert m.preprocessing["modality"] == modality
     if modality == "text":
         assert (out / m.preprocessing["tokenizer_file"]).is_file() and m.preprocessing["max_length"] == 64

@@ -5,14 +5,14 @@ tests live with the repository generator (marker ``triton``)."""
 from __future__ import annotations
 
 import pytest
-from d2v.export.manifest import ModelManifest
-from d2v.server.app import create_app
-from d2v.server.engines.fake import FakeEngine
-from d2v.server.engines.triton import TritonEngine, map_triton_error
 from server_testkit import asgi_client, free_port, make_settings
 from tritonclient.utils import InferenceServerException
 
 from d2v.errors import InternalError, InvalidInput, Overloaded, Unavailable
+from d2v.export.manifest import ModelManifest
+from d2v.server.app import create_app
+from d2v.server.engines.fake import FakeEngine
+from d2v.server.engines.triton import TritonEngine, map_triton_error
 
 pytestmark = pytest.mark.anyio
 
@@ -67,8 +67,9 @@ class StubTriton:
                 return self.values[name]
 
         class Client:
-            def __init__(self, url):
+            def __init__(self, url, **kwargs):
                 stub.clients += 1
+                stub.client_kwargs = kwargs
 
             async def infer(self, model_name, inputs, outputs, **kwargs):
                 stub.seen_models.append(model_name)
@@ -122,6 +123,8 @@ async def test_gateway_maps_triton_states_and_recovers(store):
         assert (await client.post("/v1/embeddings", json=body)).status_code == 200
         assert (await client.get("/readyz")).status_code == 200
         assert stub.clients > clients_before  # the broken client was replaced
+    # a rebuilt gRPC client must not inherit the old channel's reconnect backoff (shared subchannel pool)
+    assert ("grpc.use_local_subchannel_pool", 1) in stub.client_kwargs["channel_args"]
 
 
 async def test_ensemble_mode_sends_raw_bytes(store):

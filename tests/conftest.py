@@ -1,0 +1,61 @@
+"""Session fixtures shared by tests/export, tests/server and tests/clients: tiny checkpoints, their exports,
+ONE Triton repository with all three modalities, and a real ``tritonserver`` serving it on loopback.
+
+Everything is built lazily (only when a test asks) and once per session. Helpers live in
+``triton_fixtures.py``, registered here under that module name (``--import-mode=importlib`` puts no test
+folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+if "triton_fixtures" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("triton_fixtures", Path(__file__).with_name("triton_fixtures.py"))
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["triton_fixtures"] = _module
+    _spec.loader.exec_module(_module)
+tf = sys.modules["triton_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def d2v_export_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("d2v-export")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(d2v_export_root) -> dict[str, Path]:
+    pytest.importorskip("torch")
+    root = d2v_export_root / "checkpoints"
+    root.mkdir()
+    return {m: tf.make_checkpoint(m, root) for m in tf.MODALITIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(d2v_export_root, tiny_checkpoints) -> dict[str, Path]:
+    """Each modality exported once (fp32 + variants + fusion check) into the store ``<root>/exports``."""
+    pytest.importorskip("onnxruntime")
+    return tf.export_all(tiny_checkpoints, d2v_export_root / "exports")
+
+
+@pytest.fixture(scope="session")
+def triton_repo(d2v_export_root, tiny_exports) -> Path:
+    return tf.write_triton_repo(tiny_exports, d2v_export_root / "triton_repo")
+
+
+@pytest.fixture(scope="session")
+def triton_server(triton_repo):
+    """The whole repository served by a real tritonserver; stopped with SIGTERM at the end of the session.
+    Tests that stop Triton on purpose start their own (``triton_fixtures.start_triton``)."""
+    reason = tf.triton_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    server = tf.start_triton(triton_repo)
+    try:
+        yield server
+    finally:
+        server.stop()
