@@ -1,0 +1,445 @@
+"""Training configuration: one dataclass per concern, loaded from a recipe YAML plus dotted overrides.
+
+``load_config("base-audio-v1.yaml", ["optim.lr=5e-4"])`` reads the YAML (a path or a bundled recipe name),
+applies the overrides to the raw mapping, then converts it into ``TrainConfig`` with type checking: every
+error is a ``ConfigError`` naming the dotted field (``optim.lr: expected a float, got 'fast'``). Unknown keys
+are errors too (a typo must not silently become a default). The ``model`` and ``preprocessing`` sections are
+plain mappings here; they are checked against ``d2v.models`` dataclasses when the model is built
+(``build_model_config`` in ``d2v.training.objective``), still naming the dotted field.
+
+Torch-free (yaml + stdlib), so ``d2v train --help`` and config errors stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from d2v.errors import ConfigError, NotFound
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is cut into batches (per process, per micro-step)."""
+
+    path: str = ""  # directory tree, manifest (.tsv / .jsonl / .txt list of paths) or text corpus file
+    batch_size: int = 8  # per process and micro-step; global batch = batch_size * grad_accum * world size
+    num_workers: int = 0
+    shuffle: bool = True
+    # audio: random crop to at most max_seconds; batches cropped to the shortest item (no padding)
+    max_seconds: float = 2.0
+    min_seconds: float = 0.1
+    max_file_seconds: float = 600.0  # longer files are skipped (they would be decoded whole to crop a window)
+    # image: random resized crop + horizontal flip (image size and normalisation come from preprocessing)
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    # text: a tokenizer.json, or "" to train a byte-level BPE of ``vocab_size`` on the corpus
+    tokenizer: str = ""
+    vocab_size: int = 1000
+    block_size: int = 128  # tokens per training block, including <s>
+    text_field: str = "text"  # JSONL key holding the text
+
+
+@dataclass
+class MaskConfig:
+    """How the student's input is masked (spec §2). ``kind`` picks the generator of ``d2v.models.masking``."""
+
+    kind: Literal["span", "block_1d", "block_2d", "random", "text_span", "bert", "beit"] = "span"
+    prob: float = 0.65  # span/text_span: start probability x length; block/random: masked fraction R
+    length: int = 10  # span length (span, text_span) or block size B (block_1d/2d)
+    adjust: float = 0.0  # block masking A (mask_prob_adjust)
+    inverse: bool = False  # block_2d: sample the kept region (data2vec 2.0 images)
+    min_masks: int = 1
+    num_patches: int = 120  # beit: masked patches per image
+    min_block_patches: int = 16  # beit
+    max_block_patches: int | None = None  # beit (None = all patches)
+
+
+@dataclass
+class EMASchedule:
+    """Teacher decay: linear from ``tau0`` to ``tau_end`` over ``anneal_steps`` updates, then constant (spec §1.1).
+
+    ``rules`` picks which parts the teacher averages vs copies from the student (``d2v.models.ema.ema_preset``);
+    ``auto`` = the recipe of this modality and version (``v1_vision`` for images).
+    """
+
+    tau0: float = 0.999
+    tau_end: float = 0.9999
+    anneal_steps: int = 0  # 0 = run.max_steps (fairseq default: optimization.max_update)
+    rules: Literal[
+        "auto", "v1_audio", "v1_audio_audioset", "v1_text", "v1_vision", "v2_audio", "v2_image", "v2_text"
+    ] = "auto"
+
+
+@dataclass
+class CollapseConfig:
+    """Collapse guard (spec §1.5): warn (and optionally stop) when the stds fall under the thresholds."""
+
+    min_target_std: float = 0.1
+    min_pred_std: float = 0.01
+    check_after_step: int = 5000
+    stop: bool = False
+
+
+@dataclass
+class ObjectiveConfig:
+    """The data2vec objective: v1 (mask embedding, regression head) or v2 (masked tokens removed, decoder).
+
+    Target construction (top-K, per-layer and final norms, block vs FFN output) is part of the model config
+    (``model.targets``), since it also defines ``norm="target"`` embeddings.
+    """
+
+    version: Literal["v1", "v2"] = "v1"
+    clone_batch: int = 1  # v2: masked copies per sample sharing one teacher pass (M)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    ema: EMASchedule = field(default_factory=EMASchedule)
+    loss_beta: float = 0.0  # 0 = MSE, else smooth-L1 with this beta
+    # per-position sum scale: a number, inv_sqrt_dim (fairseq loss_scale=null) or inv_dim (D2VV mean reduction)
+    loss_scale: float | Literal["inv_sqrt_dim", "inv_dim"] = "inv_sqrt_dim"
+    cls_loss: float = 0.0  # v2 images: CLS output regressed onto the mean target, weight x sample size
+    # v1: d2v.models.heads.RegressionHeadConfig fields; v2: DecoderConfig fields
+    head: dict[str, Any] = field(default_factory=dict)
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    clip_norm: float = 0.0  # 0 = no clipping
+    grad_accum: int = 1
+    schedule: Literal["cosine", "tri_stage", "constant"] = "cosine"
+    warmup_steps: int = 0  # cosine / constant
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    phase_ratios: tuple[float, float, float] = (0.03, 0.9, 0.07)  # tri_stage: warmup / hold / decay
+    init_lr_scale: float = 0.01  # tri_stage
+    final_lr_scale: float = 0.05  # tri_stage
+
+
+@dataclass
+class RunConfig:
+    """Steps, precision, outputs and checkpoints."""
+
+    out_dir: str = "runs/d2v"
+    max_steps: int = 1000
+    seed: int = 1
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast; targets and loss stay fp32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = 10
+    save_every: int = 1000  # steps; the last step is always saved
+    keep_last: int = 2
+    keep_best: bool = True  # also keep the checkpoint with the lowest (smoothed) loss as best/
+    tensorboard: bool = True
+    progress: bool = True
+    threads: int = 0  # torch intra-op threads per process; 0 = leave torch's default
+
+
+@dataclass
+class TrainConfig:
+    modality: Literal["audio", "image", "text"] = "audio"
+    model: dict[str, Any] = field(default_factory=dict)  # Data2VecConfig fields; ``preset`` picks the base
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # <Modality>PreprocessingConfig fields
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return coerce(cls, data, "")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading, overrides and type-directed conversion
+
+
+def resolve_recipe(path_or_name: str | Path) -> Path:
+    """A YAML path, or the name of a bundled recipe (``tiny-audio-v1`` or ``tiny-audio-v1.yaml``)."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    for candidate in (RECIPES_DIR / path.name, RECIPES_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    raise NotFound(f"config not found: {path_or_name} (neither a file nor a bundled recipe: {', '.join(names)})")
+
+
+def load_config(path_or_name: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a recipe (or start from defaults when ``None``), apply ``key=value`` overrides, type-check."""
+    raw: dict[str, Any] = {}
+    if path_or_name is not None:
+        path = resolve_recipe(path_or_name)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+        raw.setdefault("name", path.stem)
+    for item in overrides:
+        apply_override(raw, item)
+    return TrainConfig.from_dict(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in the nested mapping; the value is parsed as YAML (``[0.9,0.95]``, ``true``, ``null``).
+
+    Unknown top-level/dataclass keys are caught later by ``coerce`` (which knows the schema); free-form
+    sections (``model``, ``preprocessing``, ``objective.head``) are validated when they are used.
+    """
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.lr=5e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def coerce(tp: Any, value: Any, where: str) -> Any:
+    """Convert ``value`` to the annotated type ``tp`` or raise ``ConfigError`` naming ``where``.
+
+    Handles dataclasses (recursively; unknown keys rejected with a suggestion), ``Literal``, ``X | None``,
+    ``tuple[...]``, ``dict``, ``list`` and the scalars. Strings are accepted for numbers (YAML reads ``5e-4``
+    as a string) and for booleans (``true``/``false``).
+    """
+    label = where or "config"
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{label}: expected a mapping, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        known = {f.name: f for f in dataclasses.fields(tp)}
+        kwargs = {}
+        for key, item in value.items():
+            child = f"{where}.{key}" if where else str(key)
+            if key not in known:
+                close = difflib.get_close_matches(str(key), list(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+                raise ConfigError(f"{child}: unknown field{hint}")
+            kwargs[key] = coerce(hints[key], item, child)
+        return tp(**kwargs)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{label}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(arg, value, where)
+            except ConfigError as exc:
+                errors.append(exc.message)
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{label}: {value!r} matches none of {tp}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{label}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(args[0], v, f"{label}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{label}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(coerce(a, v, f"{label}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{label}: expected a list, got {value!r}")
+        return [coerce(args[0], v, f"{label}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict or tp is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{label}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{label}: expected a boolean, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{label}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.replace("_", ""))
+            except ValueError:
+                number = None
+            if number is not None and number.is_integer():
+                return int(number)
+        raise ConfigError(f"{label}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{label}: expected a float, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{label}: expected a float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{label}: expected a string, got {value!r}")
+    raise ConfigError(f"{label}: unsupported config type {_type_name(tp)}")  # pragma: no cover - schema bug
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Cross-field checks that a type cannot express; each error names the field."""
+    checks = [
+        (cfg.data.batch_size >= 1, "data.batch_size", "must be >= 1"),
+        (cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0"),
+        (cfg.data.max_seconds > 0, "data.max_seconds", "must be > 0"),
+        (0 <= cfg.data.min_seconds <= cfg.data.max_seconds, "data.min_seconds", "must be in [0, data.max_seconds]"),
+        (0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1, "data.crop_scale", "must be 0 < lo <= hi <= 1"),
+        (cfg.data.block_size >= 4, "data.block_size", "must be >= 4"),
+        (cfg.objective.clone_batch >= 1, "objective.clone_batch", "must be >= 1"),
+        (cfg.objective.version == "v2" or cfg.objective.clone_batch == 1, "objective.clone_batch", "must be 1 for v1"),
+        (0 < cfg.objective.mask.prob < 1, "objective.mask.prob", "must be in (0, 1)"),
+        (cfg.objective.mask.length >= 1, "objective.mask.length", "must be >= 1"),
+        (cfg.objective.loss_beta >= 0, "objective.loss_beta", "must be >= 0"),
+        (0 < cfg.objective.ema.tau0 <= 1, "objective.ema.tau0", "must be in (0, 1]"),
+        (0 < cfg.objective.ema.tau_end <= 1, "objective.ema.tau_end", "must be in (0, 1]"),
+        (cfg.objective.ema.anneal_steps >= 0, "objective.ema.anneal_steps", "must be >= 0"),
+        (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
+        (all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas", "must be in [0, 1)"),
+        (cfg.optim.eps > 0, "optim.eps", "must be > 0"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
+        (cfg.optim.clip_norm >= 0, "optim.clip_norm", "must be >= 0 (0 = off)"),
+        (cfg.optim.grad_accum >= 1, "optim.grad_accum", "must be >= 1"),
+        (cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0"),
+        (abs(sum(cfg.optim.phase_ratios) - 1) < 1e-6, "optim.phase_ratios", "must sum to 1"),
+        (cfg.run.max_steps >= 1, "run.max_steps", "must be >= 1"),
+        (cfg.run.log_every >= 1, "run.log_every", "must be >= 1"),
+        (cfg.run.save_every >= 1, "run.save_every", "must be >= 1"),
+        (cfg.run.keep_last >= 1, "run.keep_last", "must be >= 1"),
+        (bool(cfg.run.out_dir), "run.out_dir", "must not be empty"),
+    ]
+    for ok, name, what in checks:
+        if not ok:
+            raise ConfigError(f"{name}: {what} (got {_lookup(cfg, name)!r})")
+    if not cfg.data.path:
+        raise ConfigError("data.path: no training data given (set data.path=DIR_OR_MANIFEST)")
+    if not Path(cfg.data.path).exists():
+        raise NotFound(f"data.path: not found: {cfg.data.path}")
+    if cfg.modality == "text" and cfg.data.tokenizer and not Path(cfg.data.tokenizer).is_file():
+        raise NotFound(f"data.tokenizer: not found: {cfg.data.tokenizer}")
+
+
+def _lookup(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------
+# The model and preprocessing sections, resolved against d2v.models (torch-free)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_model_config(cfg: TrainConfig, *, vocab_size: int | None = None):
+    """``model.preset`` (``tiny``/``base``/``large``) for this modality and version, with the other ``model.*``
+    keys merged over it -> ``d2v.models.config.Data2VecConfig``. ``vocab_size`` (the tokenizer's) is imposed
+    on text models."""
+    from d2v.models import config as mc
+
+    section = dict(cfg.model)
+    size = section.pop("preset", "tiny")
+    if size not in ("tiny", "base", "large"):
+        raise ConfigError(f"model.preset: expected one of ['tiny', 'base', 'large'], got {size!r}")
+    version = 1 if cfg.objective.version == "v1" else 2
+    if section.get("version", version) != version:
+        raise ConfigError(f"model.version: {section['version']} contradicts objective.version={cfg.objective.version}")
+    if section.get("modality", cfg.modality) != cfg.modality:
+        raise ConfigError(f"model.modality: {section['modality']} contradicts modality={cfg.modality}")
+    base = mc.to_dict(mc.preset(cfg.modality, size, version))
+    merged = _deep_merge(base, section)
+    if vocab_size is not None and cfg.modality == "text":
+        merged["text"]["vocab_size"] = vocab_size
+    return coerce(mc.Data2VecConfig, merged, "model")
+
+
+def resolve_preprocessing_config(cfg: TrainConfig, model_cfg: Any):
+    """The checkpoint's preprocessing config: defaults consistent with the model (image size, text length,
+    pad id), then the ``preprocessing.*`` keys. Contradictions with the model are errors naming the field."""
+    from d2v.models.preprocessing import config as pc
+
+    section = dict(cfg.preprocessing)
+    section.setdefault("modality", cfg.modality)
+    if cfg.modality == "image":
+        size = model_cfg.image.image_size
+        if section.setdefault("image_size", size) != size:
+            raise ConfigError(f"preprocessing.image_size: {section['image_size']} != model.image.image_size {size}")
+        section.setdefault("resize_size", int(round(size / 0.875)))
+        return coerce(pc.ImagePreprocessingConfig, section, "preprocessing")
+    if cfg.modality == "text":
+        limit = model_cfg.text.max_tokens
+        section.setdefault("max_length", min(limit, 512))
+        section.setdefault("pad_id", model_cfg.text.pad_id)
+        if section["max_length"] > limit:
+            raise ConfigError(f"preprocessing.max_length: {section['max_length']} > the model's {limit} positions")
+        if cfg.data.block_size > section["max_length"]:
+            raise ConfigError(
+                f"data.block_size: {cfg.data.block_size} > preprocessing.max_length {section['max_length']}"
+            )
+        return coerce(pc.TextPreprocessingConfig, section, "preprocessing")
+    return coerce(pc.AudioPreprocessingConfig, section, "preprocessing")
