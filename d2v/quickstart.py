@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="rebuild models that are already in the store")
     p.add_argument(
         "--variants",
-        default="int8",
-        help="extra ONNX variants (comma list of fp16,int8,bf16, or 'none'); kept when they pass their bar",
+        default="none",
+        help="extra ONNX variants (comma list of fp16,int8,bf16, or 'none' = fp32 only, the default); "
+        "if one misses its cosine bar the model is exported in fp32 only",
     )
     p.set_defaults(func=_quickstart)
 
@@ -76,13 +77,21 @@ def _common(p: argparse.ArgumentParser, store_help: str | None = None) -> None:
         metavar="[MODALITY:]KEY=VALUE",
         help="extra training override for one modality (text:optim.lr=1e-3) or all (repeatable)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: the recipe's)")
+    p.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="MODALITY=RECIPE",
+        help="train MODALITY from another recipe (bundled name or YAML) instead of quickstart-MODALITY",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads per training (default: the recipe's, 1)")
+    p.add_argument("--jobs", type=int, default=0, help="trainings side by side (default: one per CPU core)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
 def _quickstart(args: argparse.Namespace) -> int:
     from d2v.paths import default_store
-    from d2v.quickstart_impl import QuickstartOptions, parse_overrides, run_quickstart
+    from d2v.quickstart_impl import QuickstartOptions, parse_overrides, parse_recipes, run_quickstart
 
     variants = () if args.variants.lower() == "none" else tuple(v for v in args.variants.split(",") if v.strip())
     opts = QuickstartOptions(
@@ -94,7 +103,9 @@ def _quickstart(args: argparse.Namespace) -> int:
         force=args.force,
         overrides=parse_overrides(args.override, args.modalities),
         variants=variants,
+        recipes=parse_recipes(args.recipe),
         threads=args.threads,
+        jobs=args.jobs,
         progress=args.progress,
     )
     run_quickstart(opts)
@@ -117,8 +128,10 @@ def _quality(args: argparse.Namespace) -> int:
         modalities=args.modalities,
         overrides=args.override,
         record=args.record,
+        recipes=args.recipe,
         json_out=args.json,
         threads=args.threads,
+        jobs=args.jobs,
         progress=args.progress,
         export=args.export,
     )

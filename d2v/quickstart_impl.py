@@ -1,24 +1,25 @@
 """The work behind ``d2v quickstart``: pretrain, export and install the default tiny models.
 
 For each modality: write the train split of the committed sample data (``data/``) as an unlabelled
-pretraining set, run ``d2v train`` in this process with ``training/recipes/quickstart-<modality>.yaml``
-(seeded), export the last checkpoint with ``d2v export`` (fp32 ONNX with the layer average in the graph,
-plus an int8 variant when it passes its cosine bar), and move the result atomically into
-``<store>/d2v-<modality>-tiny/``. Each model directory also keeps the checkpoint it was exported from
-(``checkpoint/``, for ``d2v probe`` / ``d2v quality-report``), the run's curves (``training/``) and a
-``quickstart.json`` with the provenance. A failure leaves the store as it was.
+pretraining set, run ``d2v train`` with ``training/recipes/quickstart-<modality>.yaml`` (seeded,
+single-threaded; the runs go side by side, one per core), export the last checkpoint with ``d2v export``
+(fp32 ONNX with the layer average in the graph; ``--variants int8`` adds a variant when it passes its
+cosine bar), and move the result atomically into ``<store>/d2v-<modality>-tiny/``. Each model directory
+also keeps the checkpoint it was exported from (``checkpoint/``, for ``d2v probe`` / ``d2v quality-report``),
+the run's curves and log (``training/``) and a ``quickstart.json`` with the provenance. A failure leaves
+the store as it was.
 
-Imports torch (through the training and export packages) lazily, inside ``build_models``.
+Training and export run in child processes (``python -m d2v train|export``); this module stays torch-free.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,9 +38,12 @@ CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 RUN_FILES = ("metrics.jsonl", "training.png", "train_config.yaml")
 
 
-def recipe_for(modality: str) -> Path:
-    from d2v.training.config import RECIPES_DIR
+def recipe_for(modality: str, recipes: dict[str, str] | None = None) -> Path:
+    """``training/recipes/quickstart-<modality>.yaml``, or another recipe (name or path) for tuning runs."""
+    from d2v.training.config import RECIPES_DIR, resolve_recipe
 
+    if recipes and recipes.get(modality):
+        return resolve_recipe(recipes[modality])
     return RECIPES_DIR / f"quickstart-{modality}.yaml"
 
 
@@ -52,11 +56,13 @@ class QuickstartOptions:
     modalities: tuple[str, ...] = MODALITIES
     force: bool = False  # rebuild models that are already in the store
     overrides: dict[str, list[str]] = field(default_factory=dict)  # modality -> extra KEY=VALUE overrides
-    variants: tuple[str, ...] = ("int8",)  # extra ONNX variants, kept only when they pass their bar
+    variants: tuple[str, ...] = ()  # extra ONNX variants (int8, fp16, bf16); fp32 only when one misses its bar
     data_dir: Path | None = None
     threads: int = 0  # torch threads for training (0 = the recipe's run.threads)
     progress: bool = True
     export: bool = True  # False: checkpoint only (quality-report tuning runs; such a store is not servable)
+    recipes: dict[str, str] = field(default_factory=dict)  # modality -> another base recipe (tuning runs)
+    jobs: int = 0  # trainings side by side (0 = one per CPU core, at most one per model)
 
     def validate(self) -> None:
         bad = [m for m in self.modalities if m not in MODALITIES]
@@ -84,6 +90,17 @@ def parse_overrides(items: Sequence[str], modalities: Sequence[str] = MODALITIES
     return out
 
 
+def parse_recipes(items: Sequence[str]) -> dict[str, str]:
+    """``MODALITY=RECIPE`` items -> ``{modality: recipe}``."""
+    out = {}
+    for item in items:
+        modality, sep, recipe = item.partition("=")
+        if not sep or modality not in MODALITIES or not recipe:
+            raise ConfigError(f"--recipe {item!r}: expected MODALITY=RECIPE with MODALITY one of {MODALITIES}")
+        out[modality] = recipe
+    return out
+
+
 def _scaled_steps(recipe: Path, opts: QuickstartOptions, overrides: list[str]) -> int:
     from d2v.training.config import load_config
 
@@ -93,30 +110,9 @@ def _scaled_steps(recipe: Path, opts: QuickstartOptions, overrides: list[str]) -
     return max(1, round(base * opts.steps_scale))
 
 
-@contextlib.contextmanager
-def _quiet_export():
-    """The ONNX exporter chats on stdout and at INFO; keep it for errors only."""
-    noisy = ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime", "fusion_base", "d2v.export")
-    levels = {name: logging.getLogger(name).level for name in noisy}
-    buffer = io.StringIO()
-    try:
-        for name in noisy:
-            logging.getLogger(name).setLevel(logging.WARNING)
-        with contextlib.redirect_stdout(buffer):
-            yield buffer
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-
-
-def train_one(modality: str, opts: QuickstartOptions, pretrain_data: Path, run_dir: Path) -> dict[str, Any]:
-    """``d2v train --config quickstart-<modality> data.path=... run.out_dir=... run.seed=...`` in-process."""
-    import argparse
-
-    from d2v.training.train import add_train_arguments
-    from d2v.training.train import run as train_run
-
-    recipe = recipe_for(modality)
+def train_command(modality: str, opts: QuickstartOptions, pretrain_data: Path, run_dir: Path) -> tuple[list[str], int]:
+    """``d2v train --config quickstart-<modality> data.path=... run.out_dir=... run.seed=...`` and its steps."""
+    recipe = recipe_for(modality, opts.recipes)
     extra = list(opts.overrides.get(modality, []))
     steps = _scaled_steps(recipe, opts, extra)
     overrides = [
@@ -125,62 +121,63 @@ def train_one(modality: str, opts: QuickstartOptions, pretrain_data: Path, run_d
         f"run.seed={opts.seed}",
         f"run.max_steps={steps}",
         f"run.save_every={steps}",
+        f"run.log_every={max(1, min(10, steps // 20))}",
         "run.keep_last=1",
         "run.keep_best=false",
         "run.tensorboard=false",
-        f"run.progress={'true' if opts.progress else 'false'}",
+        "run.progress=false",  # the parent draws one bar per model from metrics.jsonl
         "run.device=cpu",
         *([f"run.threads={opts.threads}"] if opts.threads else []),
         *[o for o in extra if not o.startswith("run.max_steps=")],
     ]
-    parser = argparse.ArgumentParser(prog="d2v train")
-    add_train_arguments(parser)
-    args = parser.parse_args(["--config", str(recipe), *overrides])
-    start = time.perf_counter()
-    rc = train_run(args)
-    if rc:
-        raise D2VError(f"training the {modality} model failed (exit status {rc})")
-    seconds = time.perf_counter() - start
-    metrics = _last_metrics(run_dir / "metrics.jsonl")
-    return {
-        "recipe": recipe.stem,
-        "steps": steps,
-        "train_seconds": round(seconds, 1),
-        "final_loss": metrics.get("loss"),
-        "target_std": metrics.get("target_std"),
-        "overrides": extra,
-    }
+    return [sys.executable, "-m", "d2v", "train", "--config", str(recipe), *overrides], steps
+
+
+def export_command(modality: str, checkpoint: Path, out: Path, variants: Sequence[str]) -> list[str]:
+    name = DEFAULT_MODEL_NAMES[modality]
+    return [
+        sys.executable, "-m", "d2v", "export", str(checkpoint), str(out), "--name", name,
+        "--variants", ",".join(variants) if variants else "none",
+    ]  # fmt: skip
 
 
 def _last_metrics(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else {}
+    try:
+        return json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:  # a line being written
+        return json.loads(lines[-2]) if len(lines) > 1 else {}
 
 
-def export_one(modality: str, checkpoint: Path, out: Path, opts: QuickstartOptions) -> dict[str, Any]:
-    from d2v.export.exporter import ExportOptions, export_onnx
+def _tail(path: Path, n: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
 
-    start = time.perf_counter()
-    export_opts = ExportOptions(
-        name=DEFAULT_MODEL_NAMES[modality],
-        variants=list(opts.variants),
-        variants_explicit=False,
-        threads=opts.threads,
-    )
-    with _quiet_export() as chatter:
-        try:
-            manifest = export_onnx(checkpoint, out, export_opts)
-        except BaseException:
-            print(chatter.getvalue(), end="")
-            raise
-    return {
-        "export_seconds": round(time.perf_counter() - start, 1),
-        "variants": sorted(manifest.variants),
-        "embedding_dim": manifest.embedding_dim,
-        "parity_max_abs_diff": manifest.parity.get("max_abs_diff"),
-    }
+
+def _child_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    # Tiny models: one thread per process, and as many processes as cores (see --jobs).
+    env.setdefault("OMP_NUM_THREADS", str(threads or 1))
+    env.setdefault("MKL_NUM_THREADS", str(threads or 1))
+    env["PYTHONWARNINGS"] = env.get("PYTHONWARNINGS", "ignore")
+    return env
+
+
+@dataclass
+class _Job:
+    modality: str
+    run_dir: Path
+    steps: int
+    log: Path
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    train_seconds: float = 0.0
+    phase: str = "waiting"
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def install(stage: Path, target: Path) -> None:
@@ -194,34 +191,54 @@ def install(stage: Path, target: Path) -> None:
         os.replace(stage, target)
 
 
-def build_one(modality: str, opts: QuickstartOptions, work: Path) -> dict[str, Any]:
-    """Pretrain + export one modality into ``<store>/d2v-<modality>-tiny`` (atomically)."""
-    from d2v.paths import sample_data_dir
-    from d2v.quality import write_pretraining_data
-
-    name = DEFAULT_MODEL_NAMES[modality]
-    data_dir = Path(opts.data_dir) if opts.data_dir else sample_data_dir()
-    pretrain_data = write_pretraining_data(modality, data_dir, work / "data")
-    run_dir = work / f"run-{modality}"
-    info = train_one(modality, opts, pretrain_data, run_dir)
-    checkpoint = (run_dir / "checkpoints" / "latest").resolve()
+def _finish(job: _Job, opts: QuickstartOptions) -> dict[str, Any]:
+    """Export the trained checkpoint (child process), add checkpoint + curves + provenance, install."""
+    name = DEFAULT_MODEL_NAMES[job.modality]
+    checkpoint = (job.run_dir / "checkpoints" / "latest").resolve()
+    metrics = _last_metrics(job.run_dir / "metrics.jsonl")
+    info: dict[str, Any] = {
+        "name": name,
+        "modality": job.modality,
+        "recipe": recipe_for(job.modality, opts.recipes).stem,
+        "steps": job.steps,
+        "seed": opts.seed,
+        "train_seconds": round(job.train_seconds, 1),
+        "final_loss": metrics.get("loss"),
+        "target_std": metrics.get("target_std"),
+        "overrides": list(opts.overrides.get(job.modality, [])),
+    }
     stage_root = Path(tempfile.mkdtemp(prefix=f".{name}.quickstart-", dir=opts.store))
     try:
         stage = stage_root / name
+        start = time.perf_counter()
         if opts.export:
-            info.update(export_one(modality, checkpoint, stage, opts))
+            variants = list(opts.variants)
+            rc = _run_logged(export_command(job.modality, checkpoint, stage, variants), job.log, opts)
+            if rc and variants:  # a variant under its cosine bar fails the export: keep fp32 only
+                log.warning("%s: export with variants %s failed; exporting fp32 only", name, variants)
+                variants = []
+                rc = _run_logged(export_command(job.modality, checkpoint, stage, variants), job.log, opts)
+            if rc:
+                raise D2VError(f"exporting {name} failed (exit status {rc}):\n{_tail(job.log)}")
+            manifest = json.loads((stage / "model.json").read_text())
+            info.update(
+                variants=sorted(manifest.get("variants", {})),
+                embedding_dim=manifest.get("embedding_dim"),
+                parity_max_abs_diff=(manifest.get("parity") or {}).get("max_abs_diff"),
+            )
         else:
             stage.mkdir()
-            info.update({"export_seconds": 0.0, "variants": []})
+            info.update(variants=[], embedding_dim=None)
+        info["export_seconds"] = round(time.perf_counter() - start, 1)
         (stage / "checkpoint").mkdir()
         for file in CHECKPOINT_FILES:
             if (checkpoint / file).is_file():
                 shutil.copy2(checkpoint / file, stage / "checkpoint" / file)
         (stage / "training").mkdir()
-        for file in RUN_FILES:
-            if (run_dir / file).is_file():
-                shutil.copy2(run_dir / file, stage / "training" / file)
-        info.update({"name": name, "modality": modality, "seed": opts.seed, "created": time.time()})
+        for file in (*RUN_FILES, job.log.name):
+            if (job.run_dir / file).is_file():
+                shutil.copy2(job.run_dir / file, stage / "training" / file)
+        info["created"] = time.time()
         (stage / QUICKSTART_FILE).write_text(json.dumps(info, indent=2) + "\n")
         install(stage, opts.store / name)
     finally:
@@ -230,35 +247,112 @@ def build_one(modality: str, opts: QuickstartOptions, work: Path) -> dict[str, A
     return info
 
 
+def _run_logged(cmd: list[str], log_path: Path, opts: QuickstartOptions) -> int:
+    with log_path.open("a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        return subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_child_env(opts.threads))
+
+
+def default_jobs(n: int) -> int:
+    """Trainings run side by side, one thread each: as many as there are cores (at most ``n``)."""
+    return max(1, min(n, os.cpu_count() or 1))
+
+
 def build_models(opts: QuickstartOptions) -> dict[str, Any]:
-    """Build every requested default model that is missing (or all with ``force``); returns a summary."""
+    """Build every requested default model that is missing (or all with ``force``); returns a summary.
+
+    Training runs in child processes (``d2v train``), ``jobs`` at a time, each single-threaded and seeded,
+    so the result does not depend on the parallelism; each finished run is exported (``d2v export``) and
+    installed while the others keep training. The bars follow each run's ``metrics.jsonl``.
+    """
     from tqdm.auto import tqdm
+
+    from d2v.paths import sample_data_dir
+    from d2v.quality import write_pretraining_data
 
     opts.validate()
     opts.store = Path(opts.store).expanduser().absolute()
     opts.store.mkdir(parents=True, exist_ok=True)
-    present = "model.json" if opts.export else "quickstart.json"
+    present = "model.json" if opts.export else QUICKSTART_FILE
     todo = [m for m in opts.modalities if opts.force or not (opts.store / DEFAULT_MODEL_NAMES[m] / present).is_file()]
-    summary: dict[str, Any] = {"store": str(opts.store), "seed": opts.seed, "models": {}, "skipped": []}
+    summary: dict[str, Any] = {"store": str(opts.store), "seed": opts.seed, "models": {}}
     summary["skipped"] = [m for m in opts.modalities if m not in todo]
     for m in summary["skipped"]:
         print(f"d2v quickstart: {DEFAULT_MODEL_NAMES[m]} is already in {opts.store} (--force rebuilds it)")
+    if not todo:
+        summary["total_seconds"] = 0.0
+        return summary
     start = time.perf_counter()
+    data_dir = Path(opts.data_dir) if opts.data_dir else sample_data_dir()
+    jobs_at_once = opts.jobs or default_jobs(len(todo))
     with tempfile.TemporaryDirectory(prefix="d2v-quickstart-") as tmp:
-        bar = tqdm(total=len(todo), desc="quickstart", unit="model", disable=not opts.progress or not todo, position=0)
+        work = Path(tmp)
+        jobs: list[_Job] = []
+        for modality in todo:
+            run_dir = work / f"run-{modality}"
+            run_dir.mkdir()
+            data = write_pretraining_data(modality, data_dir, work / "data")
+            cmd, steps = train_command(modality, opts, data, run_dir)
+            job = _Job(modality, run_dir, steps, run_dir / "quickstart.log")
+            job.info["cmd"] = cmd
+            jobs.append(job)
+        width = max(len(DEFAULT_MODEL_NAMES[j.modality]) for j in jobs)
+        bars = {
+            j.modality: tqdm(
+                total=j.steps,
+                desc=DEFAULT_MODEL_NAMES[j.modality].ljust(width),
+                unit="step",
+                position=i,
+                leave=True,
+                disable=not opts.progress,
+                dynamic_ncols=True,
+            )
+            for i, j in enumerate(jobs)
+        }
+        pending, running = list(jobs), []
         try:
-            for i, modality in enumerate(todo, 1):
-                bar.set_postfix_str(f"{modality} ({i}/{len(todo)}): pretrain + export")
-                tqdm.write(f"d2v quickstart: [{i}/{len(todo)}] {DEFAULT_MODEL_NAMES[modality]}: pretraining")
-                info = build_one(modality, opts, Path(tmp))
-                summary["models"][modality] = info
-                tqdm.write(
-                    f"d2v quickstart: [{i}/{len(todo)}] {info['name']}: {info['steps']} steps in "
-                    f"{info['train_seconds']:.0f} s, exported in {info['export_seconds']:.0f} s"
-                )
-                bar.update(1)
+            while pending or running:
+                while pending and len(running) < jobs_at_once:
+                    job = pending.pop(0)
+                    with job.log.open("w") as fh:
+                        fh.write(f"$ {' '.join(job.info['cmd'])}\n")
+                    fh = job.log.open("a")
+                    job.proc = subprocess.Popen(
+                        job.info["cmd"], stdout=fh, stderr=subprocess.STDOUT, env=_child_env(opts.threads)
+                    )
+                    fh.close()
+                    job.started, job.phase = time.perf_counter(), "pretraining"
+                    running.append(job)
+                for job in list(running):
+                    bar = bars[job.modality]
+                    step = int(_last_metrics(job.run_dir / "metrics.jsonl").get("step", 0))
+                    if step > bar.n:
+                        bar.update(step - bar.n)
+                    bar.set_postfix_str(job.phase, refresh=False)
+                    rc = job.proc.poll()
+                    if rc is None:
+                        continue
+                    running.remove(job)
+                    job.train_seconds = time.perf_counter() - job.started
+                    if rc:
+                        raise D2VError(
+                            f"training {DEFAULT_MODEL_NAMES[job.modality]} failed (exit status {rc}):\n{_tail(job.log)}"
+                        )
+                    bar.update(job.steps - bar.n)
+                    bar.set_postfix_str("exporting")
+                    info = _finish(job, opts)
+                    bar.set_postfix_str(f"done: {info['train_seconds']:.0f} s + export {info['export_seconds']:.0f} s")
+                    summary["models"][job.modality] = info
+                time.sleep(0.25)
         finally:
-            bar.close()
+            for job in jobs:
+                if job.proc is not None and job.proc.poll() is None:
+                    job.proc.terminate()
+                    job.proc.wait()
+            for bar in bars.values():
+                bar.close()
+    summary["models"] = {m: summary["models"][m] for m in todo if m in summary["models"]}
     summary["total_seconds"] = round(time.perf_counter() - start, 1)
     return summary
 
