@@ -316,7 +316,7 @@ def make_text_blocks(docs: list[str], pre: TextPreprocessor, block_size: int) ->
     ``block_size - 1`` and prepend ``<s>`` to each (RoBERTa ``sample_break_mode=none`` style). int64 [N, block]."""
     stream: list[int] = []
     for doc in docs:
-        stream.extend(pre.load_item(doc, truncate=False)[1:])
+        stream.extend(pre.tokenize_document(doc)[1:])
     body = block_size - 1
     n = len(stream) // body
     if n == 0:

@@ -162,6 +162,11 @@ class TextPreprocessor(PreprocessorBase):
         """Tokens ``text`` encodes to, specials included, before any truncation."""
         return len(self._encode(self._check_text(text)))
 
+    def tokenize_document(self, text: str) -> list[int]:
+        """Token ids ``[<s>, ..., </s>]`` of a whole document, with no length limit: pretraining concatenates
+        documents and cuts the stream into fixed blocks, so a long document is data, not an error."""
+        return self._encode(self._check_text(text))
+
     def load_item(self, raw: Any, *, truncate: bool | None = None) -> list[int]:
         """Token ids ``[<s>, ..., </s>]`` of one string, at most ``max_length`` long."""
         text = self._check_text(raw)

@@ -114,3 +114,18 @@ def test_audio_batches_are_cropped_to_equal_length_and_corrupt_files_skipped(tin
     assert batch["skipped"] == 1
     assert torch.allclose(waves[0].mean(), torch.tensor(0.0), atol=0.3)  # normalised per utterance, then cropped
     assert np.isfinite(waves.numpy()).all()
+
+
+def test_text_blocks_keep_documents_longer_than_the_model_limit(tmp_path):
+    from d2v.models.preprocessing import TextPreprocessor, train_bpe_tokenizer
+    from d2v.models.preprocessing.config import TextPreprocessingConfig
+    from d2v.training.data import make_text_blocks
+
+    docs = ["alpha beta gamma delta " * 40, "short doc"]
+    train_bpe_tokenizer(docs, vocab_size=300, path=tmp_path / "tokenizer.json")
+    pre = TextPreprocessor(TextPreprocessingConfig(max_length=16), tmp_path)
+    blocks = make_text_blocks(docs, pre, block_size=16)  # the first document alone is > 16 tokens
+    stream = [t for doc in docs for t in pre.tokenize_document(doc)[1:]]
+    assert blocks.shape == (len(stream) // 15, 16)
+    assert (blocks[:, 0] == pre.bos_id).all()
+    np.testing.assert_array_equal(blocks[:, 1:].reshape(-1), stream[: blocks.shape[0] * 15])
