@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from d2v.export.manifest import ModelManifest
 from d2v.export.parity import InputSpec, make_inputs
 from d2v.export.variants import cpu_has_bf16, openvino_runner, ort_runner, pooled_cosine

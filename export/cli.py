@@ -149,10 +149,9 @@ def _export_tensorrt(args, opts):
 
 
 def _export_triton(args, opts):
+    from d2v.errors import ConfigError
     from d2v.export.exporter import export_onnx
     from d2v.export.triton_repo import TritonRepoOptions, write_repository
-
-    from d2v.errors import ConfigError
 
     repo = args.out_dir.absolute()
     name = opts.name or args.checkpoint.name

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+from d2v.errors import ConfigError, InternalError
 from d2v.export.manifest import (
     CLS_OUTPUT,
     INPUT_NAMES,
@@ -31,9 +34,6 @@ from d2v.export.manifest import (
     TensorSpec,
     output_names,
 )
-from torch import nn
-
-from d2v.errors import ConfigError, InternalError
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+
 from d2v.export.parity import FP32_TOLERANCE, max_abs_diffs
 from d2v.export.variants import _save, ort_runner, time_runner
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from d2v.export.manifest import TOKEN_MASK_OUTPUT, TOKENS_OUTPUT, TOP_K_INPUT
 
 from d2v.errors import InternalError
+from d2v.export.manifest import TOKEN_MASK_OUTPUT, TOKENS_OUTPUT, TOP_K_INPUT
 
 log = logging.getLogger(__name__)
 

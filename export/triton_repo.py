@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from d2v.errors import ConfigError
 from d2v.export.manifest import INPUT_NAMES, TOP_K_INPUT, ModelManifest
 from d2v.export.triton_config import (
     DynamicBatching,
@@ -43,8 +45,6 @@ from d2v.export.triton_config import (
     WarmupInput,
     triton_dtype,
 )
-
-from d2v.errors import ConfigError
 
 TEMPLATES = Path(__file__).parent / "triton_models"
 EncoderBackend = Literal["python", "onnxruntime", "tensorrt"]
@@ -195,9 +195,8 @@ def _encoder(m: ModelManifest, model_dir: Path, repo: Path, opts: TritonRepoOpti
 
 def _ship_preprocessing_code(dest: Path) -> None:
     """Copy the torch-free preprocessing package (and ``d2v.errors``) into ``dest/d2v/``."""
-    import d2v.models.preprocessing as pre
-
     import d2v.errors
+    import d2v.models.preprocessing as pre
 
     pkg = dest / "d2v"
     (pkg / "models").mkdir(parents=True)

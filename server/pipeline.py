@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from d2v.export.manifest import CLS_OUTPUT, MEAN_OUTPUT, TOKEN_MASK_OUTPUT, TOKENS_OUTPUT, TOP_K_INPUT, ModelManifest
-from d2v.models.preprocessing import build_preprocessor, probe
 
 from d2v.errors import D2VError, InvalidInput, PayloadTooLarge
+from d2v.export.manifest import CLS_OUTPUT, MEAN_OUTPUT, TOKEN_MASK_OUTPUT, TOKENS_OUTPUT, TOP_K_INPUT, ModelManifest
+from d2v.models.preprocessing import build_preprocessor, probe
 
 from .batching import DynamicBatcher
 from .engines.base import EmbeddingEngine

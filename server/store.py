@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from d2v.export.manifest import MANIFEST_FILE, ModelManifest
-
 from d2v.errors import ConfigError, InvalidInput, NotFound, Unavailable
+from d2v.export.manifest import MANIFEST_FILE, ModelManifest
 
 from .pipeline import ServedModel
 

@@ -15,9 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _modules_under(package: str) -> list[str]:
     mod = __import__(package, fromlist=["_"])
-    return [package] + [f"{package}.{m.name}" for m in pkgutil.walk_packages(mod.__path__) if not m.ispkg] + [
-        f"{package}.{m.name}" for m in pkgutil.walk_packages(mod.__path__) if m.ispkg
-    ]
+    return (
+        [package]
+        + [f"{package}.{m.name}" for m in pkgutil.walk_packages(mod.__path__) if not m.ispkg]
+        + [f"{package}.{m.name}" for m in pkgutil.walk_packages(mod.__path__) if m.ispkg]
+    )
 
 
 def _imported_after(modules: list[str]) -> set[str]:

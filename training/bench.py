@@ -76,6 +76,7 @@ def bench_cell(
     *,
     steps: int,
     batch: int | None = None,
+    block: int | None = None,
     device: str = "auto",
     threads: int = 0,
 ) -> dict:
@@ -85,8 +86,9 @@ def bench_cell(
     from .metrics import read_metrics
     from .trainer import Trainer
 
-    bs, seconds, block = SHAPES[size]
+    bs, seconds, default_block = SHAPES[size]
     bs = batch or bs
+    block = block or default_block
     with tempfile.TemporaryDirectory(prefix="d2v-bench-") as tmp:
         root = Path(tmp)
         data = _synthetic_data(root, modality, max(2 * bs, 4), seconds)
@@ -220,7 +222,7 @@ def run_bench_cli(args) -> int:
                 for precision in args.precisions:
                     try:
                         r = bench_cell(modality, size, version, precision, steps=args.steps, batch=args.batch_size,
-                                       device=args.device, threads=args.threads)  # fmt: skip
+                                       block=args.block_size, device=args.device, threads=args.threads)  # fmt: skip
                     except Exception as exc:  # one failing cell must not lose the others
                         log.exception("bench %s %s %s %s failed", modality, size, version, precision)
                         r = {"modality": modality, "size": size, "version": version, "precision": precision,

@@ -57,6 +57,7 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     bench.add_argument("--steps", type=int, default=3, help="timed optimizer steps (after one warm-up step)")
     bench.add_argument("--batch-size", type=int, default=None, help="per-step batch (default: per size)")
+    bench.add_argument("--block-size", type=int, default=None, help="text tokens per block (default: per size)")
     bench.add_argument("--out", default="bench/train.json", help="JSON report path (a .md table beside it)")
     bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     bench.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")

@@ -7,9 +7,9 @@ import json
 import sys
 
 import numpy as np
-from d2v_client import AuthenticationError, BadRequestError, Client, D2VClientError, RetryPolicy
 
 from d2v.errors import InvalidInput, Unauthorized, Unavailable
+from d2v_client import AuthenticationError, BadRequestError, Client, D2VClientError, RetryPolicy
 
 from .cli import api_key, server_url
 

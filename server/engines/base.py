@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from d2v.export.manifest import TOP_K_INPUT, ModelManifest, output_names
 
 from d2v.errors import InternalError
+from d2v.export.manifest import TOP_K_INPUT, ModelManifest, output_names
 
 Arrays = dict[str, np.ndarray]
 

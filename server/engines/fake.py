@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from d2v.errors import D2VError
 from d2v.export.manifest import (
     CLS_OUTPUT,
     MEAN_OUTPUT,
@@ -23,8 +25,6 @@ from d2v.export.manifest import (
     TOP_K_INPUT,
     ModelManifest,
 )
-
-from d2v.errors import D2VError
 
 from .base import Arrays, LocalEngine
 

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from d2v.export.manifest import ModelManifest
-
 from d2v.errors import ConfigError, InternalError, InvalidInput
+from d2v.export.manifest import ModelManifest
 
 from .base import Arrays, LocalEngine
 

@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from d2v.export.manifest import TOP_K_INPUT, ModelManifest
-
 from d2v.errors import ConfigError, InternalError, InvalidInput
+from d2v.export.manifest import TOP_K_INPUT, ModelManifest
 
 from .base import Arrays, LocalEngine
 

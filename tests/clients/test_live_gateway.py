@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+
 from d2v_client import AsyncClient, BadRequestError, Client, OverloadedError, RetryPolicy
 
 
@@ -62,11 +63,10 @@ def test_sdk_surfaces_server_message(live_gateway):
 @pytest.fixture
 def overloaded_gateway(testkit, model_store):
     """A server whose engine answers ``Overloaded`` (-> 429 + Retry-After) for its first two batches."""
+    from d2v.errors import Overloaded
     from d2v.export.manifest import ModelManifest
     from d2v.server.app import create_app
     from d2v.server.engines.fake import FakeEngine
-
-    from d2v.errors import Overloaded
 
     class Flaky(FakeEngine):
         failures = 0

@@ -8,6 +8,7 @@ import random
 import httpx
 import numpy as np
 import pytest
+
 from d2v_client import AsyncClient, BadRequestError, OverloadedError, RetryPolicy
 
 

@@ -9,6 +9,7 @@ import wave
 import httpx
 import numpy as np
 import pytest
+
 from d2v_client import BadRequestError, Client, RetryPolicy
 from d2v_client._encode import sniff_mime
 

@@ -6,6 +6,7 @@ import random
 
 import httpx
 import pytest
+
 from d2v_client import (
     AuthenticationError,
     BadRequestError,

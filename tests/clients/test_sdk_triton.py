@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException
+
 from d2v_client import BadRequestError, OverloadedError, RetryPolicy
 from d2v_client.triton import TritonClient, finish
-from tritonclient.utils import InferenceServerException
 
 
 class FakeResult:

@@ -26,6 +26,7 @@ def leftovers(parent, name):
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_layout_manifest_and_parity(exports, checkpoints, modality):
     import onnx
+
     from d2v.export.manifest import INPUT_NAMES, ModelManifest, output_names
     from d2v.export.onnx_export import graph_io
 
@@ -76,6 +77,7 @@ def test_onnx_equals_torch_on_real_preprocessing(exports, checkpoints):
     """The exported graph on tokenizer output equals extract_embeddings on the PyTorch model."""
     import onnxruntime as ort
     import torch
+
     from d2v.models.checkpoint import load_checkpoint
     from d2v.models.embedding import extract_embeddings
     from d2v.models.preprocessing import build_preprocessor
@@ -98,6 +100,7 @@ def test_onnx_equals_torch_on_real_preprocessing(exports, checkpoints):
 
 def test_options_top_k_normalize_cls_dynamic_top_k(tmp_path, checkpoints):
     import onnxruntime as ort
+
     from d2v.export.manifest import ModelManifest
 
     out = tmp_path / "opts"

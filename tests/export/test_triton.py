@@ -95,6 +95,7 @@ def _raw_inputs(modality: str) -> list[bytes]:
 
 def _reference(export_dir, raws):
     import onnxruntime as ort
+
     from d2v.models.preprocessing import build_preprocessor
 
     m = manifest(export_dir)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from d2v.server.batching import DynamicBatcher
 
 from d2v.errors import InvalidInput, Overloaded, Unavailable
+from d2v.server.batching import DynamicBatcher
 
 pytestmark = pytest.mark.anyio
 

@@ -10,12 +10,12 @@ import time
 import httpx
 import numpy as np
 import pytest
-from d2v.export.manifest import ModelManifest
-from d2v.server.app import create_app
-from d2v.server.engines.fake import FakeEngine
 from server_testkit import asgi_client, live_server, make_settings
 
 from d2v.errors import Unavailable
+from d2v.export.manifest import ModelManifest
+from d2v.server.app import create_app
+from d2v.server.engines.fake import FakeEngine
 
 pytestmark = pytest.mark.anyio
 

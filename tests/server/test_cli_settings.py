@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 import uvicorn
+
 from d2v.server import cli
 from d2v.server.settings import ServerSettings
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from server_testkit import asgi_client, make_settings, png_bytes, wav_bytes
+
+from d2v.errors import NotFound
 from d2v.export.manifest import CLS_OUTPUT, MEAN_OUTPUT, TOKEN_MASK_OUTPUT, TOKENS_OUTPUT, ModelManifest, output_names
 from d2v.models.preprocessing import build_preprocessor
 from d2v.server.app import create_app
 from d2v.server.engines.onnxruntime import OnnxRuntimeEngine
 from d2v.server.engines.openvino import OpenVinoEngine
-from server_testkit import asgi_client, make_settings, png_bytes, wav_bytes
-
-from d2v.errors import NotFound
 
 pytestmark = pytest.mark.anyio
 

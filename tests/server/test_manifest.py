@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from d2v.export.manifest import ModelManifest
 from server_testkit import write_model
 
 from d2v.errors import ConfigError, NotFound
+from d2v.export.manifest import ModelManifest
 
 
 def test_round_trip_and_triton_defaults(tmp_path):

@@ -6,10 +6,10 @@ import base64
 
 import httpx
 import pytest
-from d2v.server.media import MediaResolver, decode_data_uri, url_allowed
-from d2v.server.settings import ServerSettings
 
 from d2v.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from d2v.server.media import MediaResolver, decode_data_uri, url_allowed
+from d2v.server.settings import ServerSettings
 
 pytestmark = pytest.mark.anyio
 

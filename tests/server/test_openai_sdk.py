@@ -7,8 +7,9 @@ import base64
 import numpy as np
 import openai
 import pytest
-from d2v.server.app import create_app
 from server_testkit import live_server, make_settings, png_bytes
+
+from d2v.server.app import create_app
 
 
 def test_openai_sdk_round_trip(store):

@@ -22,9 +22,10 @@ import httpx
 import numpy as np
 import onnx
 from asgi_lifespan import LifespanManager
+from onnx import TensorProto, helper, numpy_helper
+
 from d2v.export.manifest import ModelManifest, TensorSpec, Variant
 from d2v.server.settings import ServerSettings
-from onnx import TensorProto, helper, numpy_helper
 
 DIM = 16
 VOCAB = 512
