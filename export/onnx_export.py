@@ -34,6 +34,7 @@ from d2v.export.manifest import (
     TensorSpec,
     output_names,
 )
+from d2v.export.onnx_files import save_with_external_data
 
 log = logging.getLogger(__name__)
 
@@ -200,17 +201,7 @@ def _externalize(path: Path) -> None:
     import onnx
 
     model = onnx.load(str(path), load_external_data=True)
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        data.unlink()
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=data.name,
-        size_threshold=1024,
-    )
+    save_with_external_data(model, path)
 
 
 def graph_io(path: Path) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:

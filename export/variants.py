@@ -25,6 +25,7 @@ import numpy as np
 
 from d2v.errors import ConfigError, UnprocessableInput
 from d2v.export.manifest import CLS_OUTPUT, MEAN_OUTPUT
+from d2v.export.onnx_files import save_with_external_data
 from d2v.export.parity import cosine_rows
 
 log = logging.getLogger(__name__)
@@ -128,17 +129,7 @@ def build_int8(src: Path, dst: Path) -> None:
 def _save(model, dst: Path) -> None:
     import onnx
 
-    data = dst.with_name(dst.name + ".data")
-    if data.exists():
-        data.unlink()
-    onnx.save_model(
-        model,
-        str(dst),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=data.name,
-        size_threshold=1024,
-    )
+    save_with_external_data(model, dst)
     onnx.checker.check_model(str(dst))
 
 

@@ -142,6 +142,10 @@ class _Weights:
     def get(self, name: str) -> Tensor | None:
         return self.state.get(name)
 
+    def pair(self, name: str) -> tuple[Tensor, Tensor]:
+        """``(name.weight, name.bias)``."""
+        return self(name + ".weight"), self(name + ".bias")
+
 
 def _block(
     dst: dict[str, Tensor],
@@ -217,38 +221,32 @@ def _audio(hf: dict[str, Any], state: dict[str, Tensor], src: Path):
         dst[dst_p + "conv.weight"] = w(src_p + "conv.weight")
         if audio.conv_bias:
             dst[dst_p + "conv.bias"] = w(src_p + "conv.bias")
-        dst[dst_p + "norm.weight"], dst[dst_p + "norm.bias"] = (
-            w(src_p + "layer_norm.weight"),
-            w(src_p + "layer_norm.bias"),
-        )
+        dst[dst_p + "norm.weight"], dst[dst_p + "norm.bias"] = w.pair(src_p + "layer_norm")
     for ours, theirs in {
         "projection_norm": "feature_projection.layer_norm",
         "projection": "feature_projection.projection",
         "context_norm": "encoder.layer_norm",
     }.items():
-        dst[f"front_end.{ours}.weight"], dst[f"front_end.{ours}.bias"] = w(theirs + ".weight"), w(theirs + ".bias")
+        dst[f"front_end.{ours}.weight"], dst[f"front_end.{ours}.bias"] = w.pair(theirs)
     for i in range(depth):
         for kind in ("weight", "bias"):
             dst[f"front_end.pos_conv.convs.{i}.{kind}"] = w(f"encoder.pos_conv_embed.layers.{i}.conv.{kind}")
     if w.get("masked_spec_embed") is not None:
         dst["front_end.mask_embedding"] = w("masked_spec_embed")
 
-    def pair(name: str) -> tuple[Tensor, Tensor]:
-        return w(name + ".weight"), w(name + ".bias")
-
     for i in range(transformer.depth):
         p = f"encoder.layers.{i}."
         _block(
             dst,
             i,
-            pair(p + "attention.q_proj"),
-            pair(p + "attention.k_proj"),
-            pair(p + "attention.v_proj"),
-            pair(p + "attention.out_proj"),
-            pair(p + "feed_forward.intermediate_dense"),
-            pair(p + "feed_forward.output_dense"),
-            pair(p + "layer_norm"),
-            pair(p + "final_layer_norm"),
+            w.pair(p + "attention.q_proj"),
+            w.pair(p + "attention.k_proj"),
+            w.pair(p + "attention.v_proj"),
+            w.pair(p + "attention.out_proj"),
+            w.pair(p + "feed_forward.intermediate_dense"),
+            w.pair(p + "feed_forward.output_dense"),
+            w.pair(p + "layer_norm"),
+            w.pair(p + "final_layer_norm"),
         )
     pre = _read_optional_json(src / "preprocessor_config.json")
     preprocessing = AudioPreprocessingConfig(
@@ -280,22 +278,19 @@ def _text(hf: dict[str, Any], state: dict[str, Tensor], src: Path):
         "front_end.norm.bias": w("embeddings.LayerNorm.bias"),
     }
 
-    def pair(name: str) -> tuple[Tensor, Tensor]:
-        return w(name + ".weight"), w(name + ".bias")
-
     for i in range(transformer.depth):
         p = f"encoder.layer.{i}."
         _block(
             dst,
             i,
-            pair(p + "attention.self.query"),
-            pair(p + "attention.self.key"),
-            pair(p + "attention.self.value"),
-            pair(p + "attention.output.dense"),
-            pair(p + "intermediate.dense"),
-            pair(p + "output.dense"),
-            pair(p + "attention.output.LayerNorm"),
-            pair(p + "output.LayerNorm"),
+            w.pair(p + "attention.self.query"),
+            w.pair(p + "attention.self.key"),
+            w.pair(p + "attention.self.value"),
+            w.pair(p + "attention.output.dense"),
+            w.pair(p + "intermediate.dense"),
+            w.pair(p + "output.dense"),
+            w.pair(p + "attention.output.LayerNorm"),
+            w.pair(p + "output.LayerNorm"),
         )
     max_length = min(512, text.max_tokens)
     return config, dst, TextPreprocessingConfig(max_length=max_length, pad_id=pad_id)
@@ -344,27 +339,21 @@ def _image(hf: dict[str, Any], state: dict[str, Tensor], src: Path):
     if shared_bias:
         dst["transformer.rel_pos_bias.table"] = w("encoder.relative_position_bias.relative_position_bias_table")
     if transformer.final_norm:
-        dst["transformer.final_norm.weight"], dst["transformer.final_norm.bias"] = (
-            w("layernorm.weight"),
-            w("layernorm.bias"),
-        )
-
-    def pair(name: str) -> tuple[Tensor, Tensor]:
-        return w(name + ".weight"), w(name + ".bias")
+        dst["transformer.final_norm.weight"], dst["transformer.final_norm.bias"] = w.pair("layernorm")
 
     for i in range(transformer.depth):
         p = f"encoder.layer.{i}."
         _block(
             dst,
             i,
-            pair(p + "attention.attention.query"),
+            w.pair(p + "attention.attention.query"),
             (w(p + "attention.attention.key.weight"), None),
-            pair(p + "attention.attention.value"),
-            pair(p + "attention.output.dense"),
-            pair(p + "intermediate.dense"),
-            pair(p + "output.dense"),
-            pair(p + "layernorm_before"),
-            pair(p + "layernorm_after"),
+            w.pair(p + "attention.attention.value"),
+            w.pair(p + "attention.output.dense"),
+            w.pair(p + "intermediate.dense"),
+            w.pair(p + "output.dense"),
+            w.pair(p + "layernorm_before"),
+            w.pair(p + "layernorm_after"),
         )
         if transformer.layer_scale_init is not None:
             dst[f"transformer.blocks.{i}.ls1.gamma"] = w(p + "lambda_1")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from d2v_client._encode import audio_bytes, decode_vector, image_bytes, sniff_mime, to_data_uri
-from d2v_client._types import EmbedOptions, Limits, Modality, ModelInfo
+from d2v_client._types import Embeddings, EmbedOptions, Limits, Modality, ModelInfo, ServerInfo
 from d2v_client.errors import BadRequestError, D2VClientError
 
 #: Used when ``/info`` publishes no limit.
@@ -162,3 +162,35 @@ def model_dims(model: ModelInfo | None, options: EmbedOptions) -> int | None:
     if options.dimensions:
         return options.dimensions
     return model.dims if model else None
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """One ``embed`` call: what to ask for and what shape the answer takes. Each client only sends its chunks."""
+
+    modality: Modality
+    options: EmbedOptions
+    token_level: bool
+    dims: int | None
+
+    def request(self, chunk: Chunk) -> Request:
+        return build_request(self.modality, chunk, self.options)
+
+    def parse(self, chunk: Chunk, body: Mapping[str, Any]) -> list[np.ndarray]:
+        return parse_embeddings(body, len(chunk.items), self.token_level, self.dims)
+
+    def assemble(self, parts: list[list[np.ndarray]]) -> Embeddings:
+        return assemble(parts, self.token_level, self.dims)
+
+
+def plan_embed(
+    modality: Modality, items: list[Any], options: EmbedOptions, info: ServerInfo, multipart: bool
+) -> tuple[EmbedJob, Iterator[Chunk]]:
+    """The job of one ``embed`` call and its chunks (lazy: inputs are encoded as the chunks are drawn).
+
+    No inputs give no chunks, and the job then assembles an empty result.
+    """
+    model = info.model_for(modality, options.model)
+    job = EmbedJob(modality, options, token_level=options.pooling == "none", dims=model_dims(model, options))
+    wire = encode_inputs(modality, items, multipart)
+    return job, chunk_inputs(wire, info.limits_for(model))

@@ -41,6 +41,17 @@ class RetryPolicy:
         return rng.uniform(0.0, min(self.max_backoff, self.backoff_base * (2**attempt)))
 
 
+def delay_or_raise(policy: RetryPolicy, err: D2VClientError, attempt: int, rng: random.Random) -> float:
+    """Seconds to wait after attempt ``attempt`` (0-based) failed with ``err``, before the next one.
+
+    Raises:
+        D2VClientError: ``err`` itself, when it is not retryable or the retries are spent.
+    """
+    if not err.retryable or attempt >= policy.max_retries:
+        raise err
+    return policy.delay(attempt, err.retry_after, rng)
+
+
 def default_headers(api_key: str | None) -> dict[str, str]:
     headers = {"user-agent": f"d2v-client/{__version__}", "accept": "application/json"}
     if api_key:
@@ -100,9 +111,7 @@ class SyncTransport:
                 err: D2VClientError = _transport_error(exc, str(self.http.base_url.join(path)))
             except D2VClientError as exc:
                 err = exc
-            if not err.retryable or attempt >= self.retry.max_retries:
-                raise err
-            self.sleep(self.retry.delay(attempt, err.retry_after, self.rng))
+            self.sleep(delay_or_raise(self.retry, err, attempt, self.rng))
             attempt += 1
 
     def close(self) -> None:
@@ -141,9 +150,7 @@ class AsyncTransport:
                 err: D2VClientError = _transport_error(exc, str(self.http.base_url.join(path)))
             except D2VClientError as exc:
                 err = exc
-            if not err.retryable or attempt >= self.retry.max_retries:
-                raise err
-            await self.sleep(self.retry.delay(attempt, err.retry_after, self.rng))
+            await self.sleep(delay_or_raise(self.retry, err, attempt, self.rng))
             attempt += 1
 
     async def aclose(self) -> None:

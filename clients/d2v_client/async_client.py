@@ -152,28 +152,21 @@ class AsyncClient:
         Raises:
             D2VClientError: see the ``embed_*`` methods.
         """
-        opts = EmbedOptions(**options)
-        items = as_list(inputs)
-        token_level = opts.pooling == "none"
-        info = await self.info()
-        model = info.model_for(modality, opts.model)
-        dims = _core.model_dims(model, opts)
-        if not items:
-            return _core.assemble([], token_level, dims)
-        wire = _core.encode_inputs(modality, items, self.upload == "multipart")
-        chunks = list(_core.chunk_inputs(wire, info.limits_for(model)))
+        opts, items = EmbedOptions(**options), as_list(inputs)
+        job, chunks = _core.plan_embed(modality, items, opts, await self.info(), self.upload == "multipart")
         gate = asyncio.Semaphore(self.max_concurrency)
 
         async def send(chunk: _core.Chunk) -> list[np.ndarray]:
             async with gate:
-                req = _core.build_request(modality, chunk, opts)
+                req = job.request(chunk)
                 body = await self._transport.request("POST", req.path, json=req.json, files=req.files, data=req.data)
-                return _core.parse_embeddings(body, len(chunk.items), token_level, dims)
+                return job.parse(chunk, body)
 
-        tasks = [asyncio.ensure_future(send(c)) for c in chunks]
+        all_chunks = list(chunks)  # encode every input before the first request goes out
+        tasks = [asyncio.ensure_future(send(c)) for c in all_chunks]
         try:
             parts = await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
-        return _core.assemble(list(parts), token_level, dims)
+        return job.assemble(list(parts))

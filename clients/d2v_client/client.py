@@ -14,7 +14,7 @@ import numpy as np
 
 from d2v_client import _core
 from d2v_client._http import RetryPolicy, SyncTransport, default_headers
-from d2v_client._types import Embeddings, EmbedOptions, Modality, ModelInfo, Pooling, ServerInfo, UploadMode, as_list
+from d2v_client._types import Embeddings, EmbedOptions, Modality, Pooling, ServerInfo, UploadMode, as_list
 from d2v_client.errors import NotFoundError
 
 
@@ -180,43 +180,27 @@ class Client:
         Raises:
             D2VClientError: see the ``embed_*`` methods.
         """
-        opts = EmbedOptions(**options)
-        items = as_list(inputs)
-        token_level = opts.pooling == "none"
-        model = self._model_info(modality, opts.model)
-        dims = _core.model_dims(model, opts)
-        if not items:
-            return _core.assemble([], token_level, dims)
-        info = self.info()
-        wire = _core.encode_inputs(modality, items, self.upload == "multipart")
-        chunks = _core.chunk_inputs(wire, info.limits_for(model))
-        parts = self._run_chunks(modality, chunks, opts, token_level, dims)
-        return _core.assemble(parts, token_level, dims)
+        opts, items = EmbedOptions(**options), as_list(inputs)
+        job, chunks = _core.plan_embed(modality, items, opts, self.info(), self.upload == "multipart")
+        return job.assemble(self._run_chunks(job, chunks))
 
-    def _model_info(self, modality: Modality, name: str | None) -> ModelInfo | None:
-        return self.info().model_for(modality, name)
-
-    def _send(
-        self, modality: Modality, chunk: _core.Chunk, opts: EmbedOptions, token_level: bool, dims: int | None
-    ) -> list[np.ndarray]:
-        req = _core.build_request(modality, chunk, opts)
+    def _send(self, job: _core.EmbedJob, chunk: _core.Chunk) -> list[np.ndarray]:
+        req = job.request(chunk)
         body = self._transport.request("POST", req.path, json=req.json, files=req.files, data=req.data)
-        return _core.parse_embeddings(body, len(chunk.items), token_level, dims)
+        return job.parse(chunk, body)
 
-    def _run_chunks(
-        self, modality: Modality, chunks: Iterable[_core.Chunk], opts: EmbedOptions, token_level: bool, dims: int | None
-    ) -> list[list[np.ndarray]]:
+    def _run_chunks(self, job: _core.EmbedJob, chunks: Iterable[_core.Chunk]) -> list[list[np.ndarray]]:
         """Send chunks with at most ``max_concurrency`` in flight; inputs are encoded only as slots free up."""
         results: dict[int, list[np.ndarray]] = {}
         pending: dict[Future[list[np.ndarray]], int] = {}
         try:
             for chunk in chunks:
                 if self.max_concurrency == 1:
-                    results[chunk.start] = self._send(modality, chunk, opts, token_level, dims)
+                    results[chunk.start] = self._send(job, chunk)
                     continue
                 while len(pending) >= self.max_concurrency:
                     self._collect(pending, results, FIRST_COMPLETED)
-                fut = self._executor().submit(self._send, modality, chunk, opts, token_level, dims)
+                fut = self._executor().submit(self._send, job, chunk)
                 pending[fut] = chunk.start
             while pending:
                 self._collect(pending, results, FIRST_COMPLETED)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from d2v_client._encode import audio_bytes, image_bytes
-from d2v_client._http import RetryPolicy
+from d2v_client._http import RetryPolicy, delay_or_raise
 from d2v_client._types import Embeddings, Modality, Pooling, as_list
 from d2v_client.errors import (
     BadRequestError,
@@ -248,7 +248,5 @@ class TritonClient:
                 return fn()
             except self._triton_error as exc:
                 err = map_triton_error(exc)
-            if not err.retryable or attempt >= self.retry.max_retries:
-                raise err
-            self._sleep(self.retry.delay(attempt, None, self._rng))
+            self._sleep(delay_or_raise(self.retry, err, attempt, self._rng))  # gRPC errors carry no Retry-After
             attempt += 1
