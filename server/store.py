@@ -27,7 +27,10 @@ def discover(store: Path, models: list[str]) -> list[tuple[ModelManifest, Path]]
         dirs = sorted(p for p in store.glob(f"*/{MANIFEST_FILE}") if p.is_file())
         dirs = [p.parent for p in dirs]
         if not dirs:
-            raise ConfigError(f"no models in the store {store}: run `d2v export` or pass --model DIR")
+            raise ConfigError(
+                f"no models in the store {store}: run `d2v quickstart` (default tiny models), `d2v export`, "
+                "or pass --model DIR"
+            )
     found = [(ModelManifest.load(d), d.resolve()) for d in dirs]
     names = [m.name for m, _ in found]
     duplicates = sorted({n for n in names if names.count(n) > 1})
