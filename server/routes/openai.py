@@ -38,6 +38,8 @@ def _flatten(body: EmbeddingsRequest) -> list[Any]:
 
 def _infer_modality(items: list[Any]) -> str:
     """Without ``model`` or ``modality``: media items name theirs; strings and token ids are text."""
+    if not items:
+        raise InvalidInput("input is empty: send at least one item")
     kinds = {item.type if isinstance(item, MediaItem) else "text" for item in items}
     if len(kinds) != 1:
         raise InvalidInput(f"input mixes modalities {sorted(kinds)}; send one modality per request")

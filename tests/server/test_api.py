@@ -111,6 +111,8 @@ async def test_openai_model_is_optional_when_one_model_serves_the_modality(clien
     assert r.status_code == 200 and r.json()["model"] == "tiny-image", r.text
     mixed = await client.post("/v1/embeddings", json={"input": ["text", img]})
     assert_error(mixed, 400)
+    empty = assert_error(await client.post("/v1/embeddings", json={"input": []}), 400)
+    assert "empty" in empty["message"]
 
 
 # ---------------------------------------------------------------------------------------- native
