@@ -74,6 +74,12 @@ def _register_extract(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="items per engine call")
     p.add_argument("--shard-size", type=int, default=1024, help="rows per Parquet shard (the resume unit)")
     p.add_argument("--workers", type=int, default=0, help="parallel engine workers (0 = auto)")
+    p.add_argument(
+        "--ray-chunk-shards",
+        type=int,
+        default=8,
+        help="--engine ray: shards' worth of inputs per Ray Data pipeline; each chunk is committed before the next",
+    )
     p.add_argument("--format", choices=["parquet", "npy"], default="parquet", help="npy: also write <model>.npy")
     p.add_argument("--no-plot", dest="plot", action="store_false", default=True, help="skip the PCA PNG")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)

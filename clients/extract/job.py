@@ -109,8 +109,8 @@ def run_extract(args: argparse.Namespace) -> int:
     Raises:
         ConfigError, NotFound: bad arguments, no model for a modality, an unreadable input source.
     """
-    if args.batch_size < 1 or args.shard_size < 1:
-        raise ConfigError("--batch-size and --shard-size must be positive")
+    if args.batch_size < 1 or args.shard_size < 1 or getattr(args, "ray_chunk_shards", 1) < 1:
+        raise ConfigError("--batch-size, --shard-size and --ray-chunk-shards must be positive")
     start = time.perf_counter()
     items, bad_rows = read_inputs(args.input, args.modality)
     out = Path(args.out_dir)

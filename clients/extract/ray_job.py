@@ -1,17 +1,21 @@
 """``--engine ray``: Ray Data ``from_items -> map_batches`` (an actor pool, each actor holding an ONNX
-Runtime session) ``-> write_parquet`` into a staging folder, then each written file is committed as a shard.
+Runtime session) ``-> write_parquet``, one pipeline per chunk of ``--ray-chunk-shards`` shards' worth of
+pending inputs; each chunk's files are committed as shards (through ``ShardStore``) before the next chunk runs.
 
 Runs on a laptop (``ray.init()`` starts a local cluster) and on a cluster (``RAY_ADDRESS``; the output
-directory must then be on storage every node can write). A run killed before its commit leaves only the
-staging folder, which the next run deletes: the finished inputs of committed shards are never redone.
-Ray is an optional extra and is imported only here.
+directory must then be on storage every node can write). A run killed mid-chunk leaves that chunk's staging
+folder, which the next run deletes: only the unfinished chunk is redone, never a committed shard. Ray is an
+optional extra and is imported only here.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
 import uuid
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -97,44 +101,66 @@ def run_ray(
     if not pending:
         return refs
     init_ray()
-    for modality in sorted({it.modality for it in pending}):
+    chunk_size = max(1, args.ray_chunk_shards) * args.shard_size
+    by_modality: dict[str, list[Item]] = defaultdict(list)
+    for item in pending:
+        by_modality[item.modality].append(item)
+    for modality in sorted(by_modality):
         manifest, model_dir = found[modality]
-        rows = [_item_dict(it) for it in pending if it.modality == modality]
-        staging = store.staging / f"{modality}-{uuid.uuid4().hex[:8]}"
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * workers)))
-        ds = ds.map_batches(
-            EmbedActor,
-            fn_constructor_kwargs={"manifest": manifest.to_dict(), "model_dir": str(model_dir), "options": options},
-            batch_size=args.batch_size,
-            batch_format="pyarrow",
-            concurrency=workers,
-            num_cpus=1,
-        )
-        ds.write_parquet(str(staging))
-        for path in sorted(staging.glob("*.parquet")):
-            _commit_staged(store, refs[modality], path, args.shard_size)
+        group = by_modality[modality]
+        for start in range(0, len(group), chunk_size):
+            rows = [_item_dict(it) for it in group[start : start + chunk_size]]
+            staging = store.staging / f"{modality}-{uuid.uuid4().hex[:8]}"
+            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * workers)))
+            ds = ds.map_batches(
+                EmbedActor,
+                fn_constructor_kwargs={"manifest": manifest.to_dict(), "model_dir": str(model_dir), "options": options},
+                batch_size=args.batch_size,
+                batch_format="pyarrow",
+                concurrency=workers,
+                num_cpus=1,
+            )
+            ds.write_parquet(str(staging))
+            _commit_chunk(store, refs[modality], staging, args.shard_size)
+            print(
+                f"d2v extract (ray): {modality} {start + len(rows)}/{len(group)} committed",
+                file=sys.stderr,
+                flush=True,
+            )
+    shutil.rmtree(store.staging, ignore_errors=True)
     return refs
 
 
-def _commit_staged(store: ShardStore, ref: ModelRef, path: Path, shard_size: int) -> None:
-    table = pq.read_table(path)
-    for start in range(0, max(table.num_rows, 1), shard_size):
-        part = table.slice(start, shard_size)
-        failed = pc.invert(pc.is_null(part.column("error")))
-        good = part.filter(pc.invert(failed)).drop_columns(list(_EXTRA_COLUMNS))
-        bad = part.filter(failed).to_pylist()
-        errors = [
-            {
-                "id": r["id"],
-                "modality": r["modality"],
-                "model": ref.name,
-                "reason": r["error"],
-                **({"source": r["source"]} if r["source"] else {}),
-            }
-            for r in bad
-        ]
-        store.commit_table(ref.name, good, errors)
-    path.unlink()
+def _commit_chunk(store: ShardStore, ref: ModelRef, staging: Path, shard_size: int) -> None:
+    """Commit one chunk's staged files as ``shard_size``-row shards, then delete the staging folder.
+
+    Killed half-way, the shards already committed stay done and the rest of the chunk is redone next run.
+    """
+    files = sorted(staging.glob("*.parquet"))
+    tables = [pq.read_table(path) for path in files]
+    tables = [t for t in tables if t.num_rows]
+    if tables:
+        table = pa.concat_tables(tables, promote_options="default")  # a batch may lack ``tokens``
+        for begin in range(0, table.num_rows, shard_size):
+            _commit_part(store, ref, table.slice(begin, shard_size))
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit_part(store: ShardStore, ref: ModelRef, part: pa.Table) -> None:
+    failed = pc.invert(pc.is_null(part.column("error")))
+    good = part.filter(pc.invert(failed)).drop_columns(list(_EXTRA_COLUMNS))
+    bad = part.filter(failed).to_pylist()
+    errors = [
+        {
+            "id": r["id"],
+            "modality": r["modality"],
+            "model": ref.name,
+            "reason": r["error"],
+            **({"source": r["source"]} if r["source"] else {}),
+        }
+        for r in bad
+    ]
+    store.commit_table(ref.name, good, errors)
 
 
 def _item_dict(item: Item) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -179,3 +180,65 @@ def test_resume_after_sigkill_gives_every_id_exactly_once(slow_gateway, tmp_path
     summary = json.loads((out / "manifest.json").read_text())
     assert summary["counts"]["resumed"] >= done_before and summary["counts"]["embedded"] == n
     assert not list(out.rglob("*.tmp"))
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux ``/proc``), children before grandchildren."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(0), [])
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+@pytest.mark.slow
+def test_ray_resume_after_sigkill_keeps_committed_chunks(model_store, tmp_path):
+    """A real ``--engine ray`` run, SIGKILLed after its first chunk commit, then re-run to completion."""
+    pytest.importorskip("ray")
+    data = tmp_path / "texts"
+    data.mkdir()
+    n = 48
+    for i in range(n):
+        (data / f"t{i:03d}.txt").write_text(f"sentence number {i}")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "d2v", "extract", str(data), str(out), "--engine", "ray"]
+    cmd += ["--store", str(model_store), "--workers", "1", "--batch-size", "2", "--shard-size", "4"]
+    cmd += ["--ray-chunk-shards", "1", "--no-progress", "--no-plot"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    log = tmp_path / "first.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        ledger = out / "ledger.jsonl"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ledger.exists() and ledger.read_text().strip():
+                break
+            time.sleep(0.01)
+        ray_procs = _descendants(proc.pid)  # the local Ray cluster this driver started
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for pid in ray_procs:  # Ray's agents outlive a SIGKILLed driver for a while: end them now
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    first_ledger = ledger.read_text().splitlines()
+    committed = {p: p.stat().st_mtime_ns for p in out.glob("embeddings/*/part-*.parquet")}
+    done_before = len(read_ids(out))
+    assert first_ledger and 0 < done_before < n, "the first run should be killed after its first chunk"
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ids = read_ids(out)
+    assert len(ids) == n and len(set(ids)) == n
+    # the committed chunks were kept as they were, not recomputed: the re-run embedded only the rest
+    assert {p: p.stat().st_mtime_ns for p in committed} == committed
+    assert ledger.read_text().splitlines()[: len(first_ledger)] == first_ledger
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts["resumed"] == done_before and counts["this_run"] == n - done_before and counts["embedded"] == n
+    assert not list(out.rglob("*.tmp")) and not (out / "_staging").exists()
