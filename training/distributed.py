@@ -56,8 +56,13 @@ def setup_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInf
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
 
 
-def teardown_distributed() -> None:
+def teardown_distributed(*, synchronize: bool = True) -> None:
+    """Destroy the process group. After a normal finish every rank meets at a barrier first: a rank that tears
+    down its gloo connections while a peer is still in its last collective makes that peer abort (SIGABRT,
+    "terminate called without an active exception"). After an error there is no barrier (peers may be gone)."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

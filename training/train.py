@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         resume = args.resume or Path(cfg.run.out_dir)
     info = setup_distributed(cfg.run.device)
     trainer = None
+    finished = False
     try:
         trainer = Trainer(cfg, info, resume=resume).setup()
         final = trainer.train()
@@ -73,10 +74,11 @@ def run(args: argparse.Namespace) -> int:
             log.info(
                 "finished %d steps: %s; checkpoints in %s", trainer.step, summary, Path(cfg.run.out_dir) / "checkpoints"
             )
+        finished = True
     finally:
         if trainer is not None:
             trainer.close()
-        teardown_distributed()
+        teardown_distributed(synchronize=finished)
     return 0
 
 
