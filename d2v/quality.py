@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from d2v.errors import ConfigError, NotFound
+from d2v.paths import DEFAULT_MODEL_NAMES
+from d2v.quickstart_impl import MODALITIES
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("text", "image", "audio")
 FEATURES = ("pretrained", "random_init", "baseline")
 FEATURE_LABELS = {"pretrained": "pretrained (data2vec)", "random_init": "random init", "baseline": "trivial baseline"}
 BASELINE_NAMES = {
@@ -209,7 +210,6 @@ def evaluate(
     ``d2v probe --random-init``, same seed as the training run), and the trivial baseline."""
     from d2v.training.probe import run_probe
 
-    ds = load_labelled(modality, data_dir)
     data = probe_data_path(modality, data_dir)
     t0 = time.perf_counter()
     pretrained = run_probe(checkpoint, data, seed=seed, batch_size=64)
@@ -227,6 +227,7 @@ def evaluate(
         "majority": pretrained.get("majority_baseline"),
     }
     if baseline:
+        ds = load_labelled(modality, data_dir)
         result["baseline"] = probe_accuracy(baseline_features(ds, load_model(checkpoint)), ds, seed=seed)
         result["baseline_name"] = BASELINE_NAMES[modality]
     result["gap"] = result["pretrained"] - result["random_init"]
@@ -291,8 +292,6 @@ def run_report(
             summary = build_models(opts)
             results["quickstart"] = summary
         for modality in modalities:
-            from d2v.paths import DEFAULT_MODEL_NAMES
-
             model_dir = Path(store) / DEFAULT_MODEL_NAMES[modality]
             ckpt = model_dir / "checkpoint"
             if not ckpt.is_dir():

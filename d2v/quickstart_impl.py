@@ -317,11 +317,10 @@ def build_models(opts: QuickstartOptions) -> dict[str, Any]:
                     job = pending.pop(0)
                     with job.log.open("w") as fh:
                         fh.write(f"$ {' '.join(job.info['cmd'])}\n")
-                    fh = job.log.open("a")
-                    job.proc = subprocess.Popen(
-                        job.info["cmd"], stdout=fh, stderr=subprocess.STDOUT, env=_child_env(opts.threads)
-                    )
-                    fh.close()
+                        fh.flush()
+                        job.proc = subprocess.Popen(
+                            job.info["cmd"], stdout=fh, stderr=subprocess.STDOUT, env=_child_env(opts.threads)
+                        )
                     job.started, job.phase = time.perf_counter(), "pretraining"
                     running.append(job)
                 for job in list(running):

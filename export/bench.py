@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d2v.export.manifest import ModelManifest
+from d2v.export.manifest import TOP_K_INPUT, ModelManifest
 from d2v.export.parity import InputSpec, make_inputs
 from d2v.export.variants import cpu_has_bf16, openvino_runner, ort_runner, pooled_cosine
 
@@ -30,7 +30,7 @@ def _inputs(m: ModelManifest, model_dir: Path, batch: int, length: int, seconds:
         size = m.inputs["pixel_values"].shape[-1]
         feeds = make_inputs(InputSpec("image", image_size=int(size)), [1] * batch, seed=7)
     if m.supports_top_k:
-        feeds["d2v_top_k"] = np.array([m.top_k], dtype=np.int64)
+        feeds[TOP_K_INPUT] = np.array([m.top_k], dtype=np.int64)
     return feeds
 
 

@@ -151,10 +151,15 @@ def _copy_variant(model_dir: Path, m: ModelManifest, variant: str, dest: Path) -
     data = src.with_name(src.name + ".data")
     if data.exists():
         shutil.copy2(data, dest / data.name)
+    _copy_metadata(model_dir, dest)
+    return src.name
+
+
+def _copy_metadata(model_dir: Path, dest: Path) -> None:
+    """``model.json`` and ``parity.json`` travel with every encoder version directory."""
     for extra in ("model.json", "parity.json"):
         if (model_dir / extra).exists():
             shutil.copy2(model_dir / extra, dest / extra)
-    return src.name
 
 
 def _encoder(m: ModelManifest, model_dir: Path, repo: Path, opts: TritonRepoOptions, max_batch: int) -> ModelConfig:
@@ -166,9 +171,7 @@ def _encoder(m: ModelManifest, model_dir: Path, repo: Path, opts: TritonRepoOpti
     kind, backend, platform, filename, params = opts.instance_kind, "", "", "", {}
     if opts.encoder_backend == "tensorrt":
         shutil.copy2(opts.plan_file, version / "model.plan")
-        for extra in ("model.json", "parity.json"):
-            if (model_dir / extra).exists():
-                shutil.copy2(model_dir / extra, version / extra)
+        _copy_metadata(model_dir, version)
         platform, kind = "tensorrt_plan", "KIND_GPU"
     else:
         onnx_file = _copy_variant(model_dir, m, variant, version)

@@ -13,6 +13,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from d2v.models.masking import gather_kept
+
 MaskMode = Literal["replace", "remove"]
 
 
@@ -37,6 +39,5 @@ def visible_indices(mask: Tensor) -> Tensor:
 
 
 def gather_tokens(x: Tensor, indices: Tensor) -> Tensor:
-    """x [B, T, ...] -> x[b, indices[b]] [B, K, ...]."""
-    index = indices.reshape(indices.shape + (1,) * (x.ndim - 2)).expand(-1, -1, *x.shape[2:])
-    return torch.gather(x, 1, index)
+    """x [B, T, ...] -> x[b, indices[b]] [B, K, ...] (``d2v.models.masking.gather_kept``)."""
+    return gather_kept(x, indices)

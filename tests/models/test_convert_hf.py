@@ -62,7 +62,7 @@ def _assert_close(ours: torch.Tensor, theirs: torch.Tensor, real: torch.Tensor |
     assert diff <= ATOL, f"{what}: max abs diff {diff:.2e}"
 
 
-def _check_layers(ckpt, hf_out, hf_ffn, out, real):
+def _check_layers(hf_out, hf_ffn, out, real):
     depth = len(out.layers)
     assert len(hf_out.hidden_states) == depth + 1
     for i, layer in enumerate(out.layers):
@@ -103,7 +103,7 @@ def test_text_parity(tmp_path):
         front = ckpt.model.front_end(ids, attention_mask == 0).tokens
     real = attention_mask.bool()
     _assert_close(front, hf_out.hidden_states[0], real, "embeddings")
-    _check_layers(ckpt, hf_out, hf_ffn, out, real)
+    _check_layers(hf_out, hf_ffn, out, real)
 
 
 def test_audio_parity(tmp_path):
@@ -145,7 +145,7 @@ def test_audio_parity(tmp_path):
     assert torch.equal(~out.padding_mask, expected_frames)
     real = ~out.padding_mask
     _assert_close(front, hf_out.hidden_states[0], real, "pos-conv + layer norm")
-    _check_layers(ckpt, hf_out, hf_ffn, out, real)
+    _check_layers(hf_out, hf_ffn, out, real)
 
     # Unpadded rows agree with HF run without an attention mask.
     with torch.no_grad():
@@ -193,7 +193,7 @@ def test_vision_parity(tmp_path):
     with torch.no_grad():
         hf_out = hf(pixels, output_hidden_states=True)
         out = ckpt.model.encode(pixels)
-    _check_layers(ckpt, hf_out, hf_ffn, out, None)
+    _check_layers(hf_out, hf_ffn, out, None)
 
     # v1 masking: HF bool_masked_pos == our mask_mode="replace".
     mask = torch.rand(3, 16) < 0.5
