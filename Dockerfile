@@ -51,11 +51,14 @@ FROM deps-serve AS build-serve
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY d2v/ d2v/
+COPY core/ core/
 COPY models/ models/
 COPY training/ training/
 COPY export/ export/
+COPY runtime/ runtime/
 COPY server/ server/
 COPY clients/ clients/
+COPY workflows/ workflows/
 # A regular (non-editable) install: the image needs no source tree. --no-deps: everything is in already,
 # and pip must not resolve anything new at this point.
 RUN pip install --no-deps . \
@@ -86,15 +89,18 @@ ENV PATH=/opt/venv/bin:$PATH \
     D2V_GRACEFUL_TIMEOUT_S=30
 COPY --from=deps-full /opt/venv /opt/venv
 WORKDIR /opt/d2v
-# The source stays in the image: `d2v quickstart` trains on the bundled sample data, which d2v.paths finds
+# The source stays in the image: `d2v quickstart` trains on the bundled sample data, which d2v.core.paths finds
 # beside the source checkout (repo_root()/data). Hence an *editable* install, at the path it runs from.
 COPY pyproject.toml README.md ./
 COPY d2v/ d2v/
+COPY core/ core/
 COPY models/ models/
 COPY training/ training/
 COPY export/ export/
+COPY runtime/ runtime/
 COPY server/ server/
 COPY clients/ clients/
+COPY workflows/ workflows/
 COPY data/ data/
 COPY deploy/docker/healthcheck.py /opt/d2v-healthcheck.py
 RUN pip install --no-deps --no-build-isolation -e . \

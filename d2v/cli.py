@@ -13,16 +13,16 @@ import logging
 import sys
 
 from d2v import __version__
-from d2v.errors import D2VError
+from d2v.core.errors import D2VError
 
 # Order is the order of ``d2v --help``.
 _CLI_MODULES = (
     "d2v.models.cli",  # convert
     "d2v.training.cli",  # train, probe
     "d2v.export.cli",  # export
-    "d2v.server.cli",  # serve
+    "d2v.workflows.serve",  # serve (the server's flags + model provisioning), bench serve
     "d2v.extract.cli",  # embed, extract
-    "d2v.quickstart",  # quickstart
+    "d2v.workflows.cli",  # quickstart
 )
 
 

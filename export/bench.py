@@ -12,26 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
-from d2v.export.manifest import TOP_K_INPUT, ModelManifest
-from d2v.export.parity import InputSpec, make_inputs
+from d2v.core.contract import InputSpec, feeds, synthetic_inputs
+from d2v.core.manifest import ModelManifest
 from d2v.export.variants import cpu_has_bf16, openvino_runner, ort_runner, pooled_cosine
 
 
 def _inputs(m: ModelManifest, model_dir: Path, batch: int, length: int, seconds: float) -> dict[str, np.ndarray]:
+    vocab = 0
     if m.modality == "text":
         from tokenizers import Tokenizer
 
         vocab = Tokenizer.from_file(str(model_dir / m.preprocessing["tokenizer_file"])).get_vocab_size()
-        spec = InputSpec("text", vocab_size=vocab, pad_id=int(m.preprocessing.get("pad_id", 1)))
-        feeds = make_inputs(spec, [length] * batch, seed=7)
-    elif m.modality == "audio":
-        feeds = make_inputs(InputSpec("audio"), [int(seconds * m.preprocessing["sample_rate"])] * batch, seed=7)
-    else:
-        size = m.inputs["pixel_values"].shape[-1]
-        feeds = make_inputs(InputSpec("image", image_size=int(size)), [1] * batch, seed=7)
-    if m.supports_top_k:
-        feeds[TOP_K_INPUT] = np.array([m.top_k], dtype=np.int64)
-    return feeds
+    spec = InputSpec.from_manifest(m, vocab_size=vocab)
+    lengths = {"text": length, "audio": int(seconds * spec.sample_rate), "image": 1}[m.modality]
+    return feeds(m, synthetic_inputs(spec, [lengths] * batch, seed=7))
 
 
 def _throughput(run, feeds, batch: int, repeats: int) -> tuple[float, dict]:

@@ -23,7 +23,7 @@ def _csv_ints(text: str) -> list[int]:
 
 
 def _bars(items: list[str] | None) -> dict[str, float]:
-    from d2v.errors import ConfigError
+    from d2v.core.errors import ConfigError
 
     bars = {}
     for item in items or []:
@@ -149,7 +149,7 @@ def _export_tensorrt(args, opts):
 
 
 def _export_triton(args, opts):
-    from d2v.errors import ConfigError
+    from d2v.core.errors import ConfigError
     from d2v.export.exporter import export_onnx
     from d2v.export.triton_repo import TritonRepoOptions, write_repository
 

@@ -8,7 +8,6 @@ variant under its cosine bar) leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import shutil
@@ -19,17 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from d2v.errors import ConfigError, NotFound
-from d2v.export.manifest import INPUT_NAMES, TOP_K_INPUT, ModelManifest, Variant, output_names
+from d2v.core.contract import INPUT_NAMES, TOP_K_INPUT, InputSpec, output_names, synthetic_inputs
+from d2v.core.errors import ConfigError, NotFound
+from d2v.core.files import replace_dir, sha256_file
+from d2v.core.manifest import ModelManifest, TensorSpec, Variant
 from d2v.export.onnx_export import DEFAULT_OPSET, EmbeddingGraph, GraphOptions, check_opset, export_graph, graph_io
-from d2v.export.parity import (
-    InputSpec,
-    check_parity,
-    example_lengths,
-    heldout_lengths,
-    make_inputs,
-    save_report,
-)
+from d2v.export.parity import check_parity, example_lengths, heldout_lengths, save_report
 from d2v.export.variants import COSINE_BARS, VARIANT_FILES, VARIANTS, make_variant, ort_runner
 
 log = logging.getLogger(__name__)
@@ -71,14 +65,6 @@ class ExportOptions:
             raise ConfigError(f"bad model name {self.name!r}")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _load(checkpoint: Path):
     from d2v.models.checkpoint import WEIGHTS_FILE, load_checkpoint
 
@@ -111,12 +97,28 @@ def _graph_options(ckpt, opts: ExportOptions) -> GraphOptions:
     return GraphOptions(top_k, opts.norm or ckpt.embedding.norm, pooling, opts.normalize, opts.dynamic_top_k)
 
 
-def export_to_dir(ckpt, sha: str, work: Path, opts: ExportOptions) -> ModelManifest:
-    """Export into the (empty) directory ``work``; return the saved manifest."""
-    import onnxruntime
-    import torch
+@dataclass
+class _Exported:
+    """The fp32 graph as exported: the torch module, its ONNX file and the contract's names."""
 
-    from d2v.models.preprocessing import preprocessing_to_dict
+    graph: EmbeddingGraph
+    gopts: GraphOptions
+    spec: InputSpec
+    top_k_feed: dict[str, np.ndarray]  # ``d2v_top_k`` at the export's K where the graph takes it, else empty
+    onnx_path: Path
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    seconds: float
+    names: list[str] = field(init=False)  # the output names, in the graph's order
+
+    def __post_init__(self) -> None:
+        self.names = list(self.outputs)
+
+
+def _export_fp32(ckpt, work: Path, opts: ExportOptions) -> _Exported:
+    """Build the embedding graph, export it to ONNX in ``work`` and check its inputs/outputs are the contract's."""
+    import onnxruntime  # noqa: F401  (imported before the export, as it always was)
+    import torch
 
     modality = ckpt.config.modality
     gopts = _graph_options(ckpt, opts)
@@ -124,31 +126,45 @@ def export_to_dir(ckpt, sha: str, work: Path, opts: ExportOptions) -> ModelManif
     spec = InputSpec.from_config(ckpt.config, ckpt.preprocessing)
     top_k_feed = {TOP_K_INPUT: np.array([gopts.top_k], dtype=np.int64)} if gopts.dynamic_top_k else {}
 
-    example = {k: torch.from_numpy(v) for k, v in make_inputs(spec, example_lengths(spec), seed=0).items()}
+    example = {k: torch.from_numpy(v) for k, v in synthetic_inputs(spec, example_lengths(spec), seed=0).items()}
     example.update({k: torch.from_numpy(v) for k, v in top_k_feed.items()})
     onnx_path = work / ONNX_FILE
-    export_seconds = export_graph(graph, example, onnx_path, opset=opts.opset, dynamo=opts.dynamo)
+    seconds = export_graph(graph, example, onnx_path, opset=opts.opset, dynamo=opts.dynamo)
     inputs, outputs = graph_io(onnx_path)
     expected_in = [*INPUT_NAMES[modality], *([TOP_K_INPUT] if gopts.dynamic_top_k else [])]
     if list(inputs) != expected_in or list(outputs) != list(output_names(modality)):
         raise ConfigError(f"exported graph has inputs {list(inputs)} / outputs {list(outputs)}, not the contract's")
+    return _Exported(graph, gopts, spec, top_k_feed, onnx_path, inputs, outputs, seconds)
 
-    names = list(outputs)
-    fp32 = ort_runner(onnx_path, names, opts.threads)
-    parity = check_parity(graph, fp32.session, spec, extra_feeds=top_k_feed)
-    if gopts.dynamic_top_k and gopts.top_k > 1:  # the selection input really selects: check another K too
+
+def _parity(exp: _Exported, fp32) -> dict:
+    """PyTorch vs ORT fp32 on every parity case (and at K=1 too when the graph takes a ``d2v_top_k`` input)."""
+    parity = check_parity(exp.graph, fp32.session, exp.spec, extra_feeds=exp.top_k_feed)
+    if exp.gopts.dynamic_top_k and exp.gopts.top_k > 1:  # the selection input really selects: check another K too
         k1 = {TOP_K_INPUT: np.array([1], dtype=np.int64)}
-        parity["top_k_1_max_abs_diff"] = check_parity(graph, fp32.session, spec, extra_feeds=k1)["max_abs_diff"]
+        parity["top_k_1_max_abs_diff"] = check_parity(exp.graph, fp32.session, exp.spec, extra_feeds=k1)["max_abs_diff"]
+    return parity
 
-    heldout = make_inputs(spec, heldout_lengths(spec), seed=4242)
-    heldout.update(top_k_feed)
+
+def _heldout(exp: _Exported) -> dict[str, np.ndarray]:
+    """The held-out batch (not a parity case) that variants and fusions are measured on."""
+    heldout = synthetic_inputs(exp.spec, heldout_lengths(exp.spec), seed=4242)
+    heldout.update(exp.top_k_feed)
+    return heldout
+
+
+def _variants(exp: _Exported, fp32, heldout, work: Path, opts: ExportOptions):
+    """Build each requested variant against fp32 on ``heldout``; return (manifest variants, details, fp32 s/batch).
+
+    The details get each variant's speed relative to fp32 ORT, timed on the same batch.
+    """
     reference = fp32(heldout)
     variants = {"fp32": Variant(ONNX_FILE, 1.0, engine=None, precision="fp32")}  # any engine
     details: dict[str, dict] = {}
     fp32_seconds = None
     for name in opts.variants:
         result = make_variant(
-            name, onnx_path, work, names, heldout, reference,
+            name, exp.onnx_path, work, exp.names, heldout, reference,
             bars=opts.min_cosine, explicit=opts.variants_explicit, threads=opts.threads,
         )  # fmt: skip
         if result is None:
@@ -161,29 +177,36 @@ def export_to_dir(ckpt, sha: str, work: Path, opts: ExportOptions) -> ModelManif
         fp32_seconds = time_runner(fp32, heldout)
         for d in details.values():
             d["speed_vs_fp32_ort"] = fp32_seconds / d["seconds_per_batch"] if d["seconds_per_batch"] else None
+    return variants, details, fp32_seconds
 
-    optimization = None
-    if opts.optimize:
-        from d2v.export.optimize import optimize
 
-        t = ckpt.config.transformer
-        optimization = optimize(
-            onnx_path, work, names, heldout, num_heads=t.num_heads, hidden_size=t.dim, threads=opts.threads
-        )
-        if optimization.get("saved"):
-            # ORT transformer fusions use com.microsoft operators: ONNX Runtime only.
-            variants["optimized"] = Variant(optimization["file"], 1.0, engine="onnxruntime", precision="fp32")
+def _optimize(ckpt, exp: _Exported, heldout, work: Path, opts: ExportOptions, variants: dict) -> dict | None:
+    """ORT transformer fusions (``opts.optimize``); a saved file is added to ``variants`` as ``optimized``."""
+    if not opts.optimize:
+        return None
+    from d2v.export.optimize import optimize
 
-    if modality == "text":
-        tok = ckpt.preprocessing.tokenizer_file
-        shutil.copy2(ckpt.path / tok, work / tok)
+    t = ckpt.config.transformer
+    optimization = optimize(
+        exp.onnx_path, work, exp.names, heldout, num_heads=t.num_heads, hidden_size=t.dim, threads=opts.threads
+    )
+    if optimization.get("saved"):
+        # ORT transformer fusions use com.microsoft operators: ONNX Runtime only.
+        variants["optimized"] = Variant(optimization["file"], 1.0, engine="onnxruntime", precision="fp32")
+    return optimization
 
-    report = {
+
+def _report(exp: _Exported, opts: ExportOptions, parity: dict, heldout, details: dict, fp32_seconds, optimization):
+    """The full ``parity.json`` report: parity cases, export facts, the held-out batch, variants, fusions."""
+    import onnxruntime
+    import torch
+
+    return {
         **parity,
         "export": {
             "exporter": "dynamo" if opts.dynamo else "legacy",
             "opset": opts.opset,
-            "seconds": export_seconds,
+            "seconds": exp.seconds,
             "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__,
         },
@@ -193,15 +216,21 @@ def export_to_dir(ckpt, sha: str, work: Path, opts: ExportOptions) -> ModelManif
         "fastest": min(details, key=lambda k: details[k]["seconds_per_batch"]) if details else "fp32",
         "optimization": optimization,
     }
-    save_report(report, work)
-    manifest = ModelManifest(
+
+
+def _manifest(ckpt, sha: str, exp: _Exported, opts: ExportOptions, variants: dict, parity: dict) -> ModelManifest:
+    """The ``model.json`` manifest (not yet saved): contract names, variants, embedding options, parity, source."""
+    from d2v.models.preprocessing import preprocessing_to_dict
+
+    gopts = exp.gopts
+    return ModelManifest(
         name=opts.name or ckpt.path.name,
-        modality=modality,
+        modality=ckpt.config.modality,
         embedding_dim=ckpt.config.transformer.dim,
         num_layers=ckpt.config.transformer.depth,
         top_k=gopts.top_k,
-        inputs=inputs,
-        outputs=outputs,
+        inputs=exp.inputs,
+        outputs=exp.outputs,
         variants=variants,
         preprocessing=preprocessing_to_dict(ckpt.preprocessing),
         norm=gopts.norm,
@@ -224,21 +253,23 @@ def export_to_dir(ckpt, sha: str, work: Path, opts: ExportOptions) -> ModelManif
             **({"provenance": ckpt.source} if ckpt.source else {}),
         },
     )
+
+
+def export_to_dir(ckpt, sha: str, work: Path, opts: ExportOptions) -> ModelManifest:
+    """Export into the (empty) directory ``work``; return the saved manifest."""
+    exp = _export_fp32(ckpt, work, opts)
+    fp32 = ort_runner(exp.onnx_path, exp.names, opts.threads)
+    parity = _parity(exp, fp32)
+    heldout = _heldout(exp)
+    variants, details, fp32_seconds = _variants(exp, fp32, heldout, work, opts)
+    optimization = _optimize(ckpt, exp, heldout, work, opts, variants)
+    if ckpt.config.modality == "text":  # the export ships the tokenizer
+        tok = ckpt.preprocessing.tokenizer_file
+        shutil.copy2(ckpt.path / tok, work / tok)
+    save_report(_report(exp, opts, parity, heldout, details, fp32_seconds, optimization), work)
+    manifest = _manifest(ckpt, sha, exp, opts, variants, parity)
     manifest.save(work)
     return manifest
-
-
-def _install(work: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished ``work`` dir to ``out`` (an existing ``out`` only with ``overwrite``)."""
-    if out.exists():
-        if not overwrite:
-            raise ConfigError(f"{out} already exists; pass --overwrite or choose another OUT_DIR")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
@@ -260,7 +291,8 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opts:
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         manifest = export_to_dir(ckpt, sha, work, opts)
-        _install(work, out, overwrite=opts.overwrite or (out.is_dir() and not any(out.iterdir())))
+        check_out_dir(out, opts.overwrite)  # nothing appeared at OUT_DIR while we exported
+        replace_dir(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("exported %s (%s) to %s in %.1f s", manifest.name, manifest.modality, out, time.perf_counter() - start)

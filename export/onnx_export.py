@@ -2,7 +2,7 @@
 
 ``EmbeddingGraph`` is the only thing exported; it calls ``d2v.models.embedding.extract_embeddings`` (the
 project's one definition of the top-K layer-averaged representation) and adds nothing but dtype casts and
-the optional L2 normalisation of the pooled vectors. Names and axes come from ``d2v.export.manifest``.
+the optional L2 normalisation of the pooled vectors. Names and axes come from ``d2v.core.manifest``.
 
 Exporter choice (measured with torch 2.13 on the tiny test models, 2 cores): the dynamo exporter (default,
 opset >= 18) exports text/audio/image in about 4-12 s with correct dynamic batch/length axes and the audio
@@ -23,17 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from d2v.errors import ConfigError, InternalError
-from d2v.export.manifest import (
+from d2v.core.contract import (
     CLS_OUTPUT,
     INPUT_NAMES,
     MEAN_OUTPUT,
     TOKEN_MASK_OUTPUT,
     TOKENS_OUTPUT,
     TOP_K_INPUT,
-    TensorSpec,
     output_names,
 )
+from d2v.core.errors import ConfigError, InternalError
+from d2v.core.manifest import TensorSpec
 from d2v.export.onnx_files import save_with_external_data
 
 log = logging.getLogger(__name__)

@@ -9,67 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from d2v.errors import InternalError
-from d2v.export.manifest import TOKEN_MASK_OUTPUT, TOKENS_OUTPUT, TOP_K_INPUT
+from d2v.core.contract import TOKEN_MASK_OUTPUT, TOKENS_OUTPUT, TOP_K_INPUT, InputSpec, synthetic_inputs
+from d2v.core.errors import InternalError
 
 log = logging.getLogger(__name__)
 
 FP32_TOLERANCE = 1e-4
 PARITY_FILE = "parity.json"
-
-
-@dataclass
-class InputSpec:
-    """What synthetic inputs a model takes (from the checkpoint's model config)."""
-
-    modality: str
-    vocab_size: int = 0  # text
-    pad_id: int = 1  # text
-    max_tokens: int = 512  # text
-    image_size: int = 224  # image
-    min_samples: int = 400  # audio: the receptive field of one frame
-
-    @classmethod
-    def from_config(cls, model_cfg: Any, preprocessing: Any) -> InputSpec:
-        m = model_cfg.modality
-        if m == "text":
-            return cls(
-                m,
-                vocab_size=model_cfg.text.vocab_size,
-                pad_id=model_cfg.text.pad_id,
-                max_tokens=min(model_cfg.text.max_tokens, getattr(preprocessing, "max_length", 512)),
-            )
-        if m == "image":
-            return cls(m, image_size=model_cfg.image.image_size)
-        receptive = 1
-        for _, kernel, stride in reversed(model_cfg.audio.conv_layers):
-            receptive = (receptive - 1) * stride + kernel
-        return cls(m, min_samples=receptive)
-
-
-def make_inputs(spec: InputSpec, lengths: list[int], seed: int) -> dict[str, np.ndarray]:
-    """A right-padded batch with one row per entry of ``lengths`` (tokens / samples; ignored for images)."""
-    rng = np.random.default_rng(seed)
-    batch, longest = len(lengths), max(lengths)
-    if spec.modality == "image":
-        x = rng.standard_normal((batch, 3, spec.image_size, spec.image_size)).astype(np.float32)
-        return {"pixel_values": x}
-    mask = (np.arange(longest)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
-    if spec.modality == "text":
-        ids = rng.integers(5, max(spec.vocab_size, 6), size=(batch, longest)).astype(np.int64)
-        ids[:, 0] = 0  # <s>
-        for row, n in enumerate(lengths):
-            ids[row, n - 1] = 2  # </s>
-        ids = np.where(mask == 1, ids, spec.pad_id)
-        return {"input_ids": ids, "attention_mask": mask}
-    x = rng.standard_normal((batch, longest)).astype(np.float32) * mask
-    return {"input_values": x.astype(np.float32), "attention_mask": mask}
 
 
 def example_lengths(spec: InputSpec) -> list[int]:
@@ -134,7 +84,7 @@ def check_parity(graph, session, spec: InputSpec, *, tolerance: float = FP32_TOL
     """Run every parity case through PyTorch and ORT; raise ``InternalError`` when a diff is over tolerance."""
     cases, worst = [], 0.0
     for i, lengths in enumerate(parity_cases(spec)):
-        feeds = make_inputs(spec, lengths, seed=1000 + i)
+        feeds = synthetic_inputs(spec, lengths, seed=1000 + i)
         if extra_feeds:
             feeds.update(extra_feeds)
         ref = run_torch(graph, feeds)

@@ -14,8 +14,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from d2v.errors import InternalError, Unavailable
-from d2v.export.manifest import ModelManifest
+from d2v.core.errors import InternalError, Unavailable
+from d2v.core.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
 

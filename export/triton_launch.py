@@ -30,7 +30,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from d2v.errors import ConfigError, Unavailable
+from d2v.core.errors import ConfigError, Unavailable
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ For a model named ``<name>`` (one modality) it writes::
         1/                         (empty: Triton wants a version dir)
       <name>_preprocess/           python backend: bytes / UTF-8 -> encoder tensors (torch-free d2v code)
         config.pbtxt
-        1/model.py  1/preprocessing.json  1/tokenizer.json (text)  1/d2v/{errors.py, models/preprocessing/}
+        1/model.py  1/preprocessing.json  1/tokenizer.json (text)  1/d2v/{core/, models/preprocessing/}
         warmup/sample
       <name>_encoder/              onnxruntime backend | tensorrt_plan | python backend running ORT
         config.pbtxt
@@ -32,8 +32,9 @@ from typing import Literal
 
 import numpy as np
 
-from d2v.errors import ConfigError
-from d2v.export.manifest import INPUT_NAMES, TOP_K_INPUT, ModelManifest
+from d2v.core.contract import INPUT_NAMES, TOP_K_INPUT, InputSpec, synthetic_inputs, warmup_lengths
+from d2v.core.errors import ConfigError
+from d2v.core.manifest import ModelManifest
 from d2v.export.triton_config import (
     DynamicBatching,
     EnsembleStep,
@@ -123,24 +124,17 @@ def _sample_raw(modality: str, pre: dict) -> bytes:
 
 
 def _encoder_warmup(m: ModelManifest, opts: TritonRepoOptions, warmup_dir: Path) -> list[Warmup]:
-    """Zero ids / ones mask / small random signal (files: Triton has no 'ones_data')."""
+    """One synthetic sample (the contract's builder), as files: Triton repeats it ``warmup_batch_size`` times."""
     warmup_dir.mkdir(parents=True, exist_ok=True)
+    spec = InputSpec.from_manifest(m)
+    length = opts.warmup_length if m.modality == "text" else warmup_lengths(spec, batch=1)[0]
+    sample = synthetic_inputs(spec, [length], seed=0)
     inputs = []
     for name in INPUT_NAMES[m.modality]:
-        spec = m.inputs[name]
-        dims = _dims(spec.shape)
-        if m.modality == "text":
-            dims = [opts.warmup_length]
-        elif m.modality == "audio":
-            dims = [int(m.preprocessing.get("sample_rate", 16000))]
-        if name == "attention_mask":
-            data = np.ones(dims, dtype=np.int64)
-        elif name == "input_ids":
-            data = np.full(dims, 2, dtype=np.int64)  # </s>: a valid id in every RoBERTa-style vocabulary
-        else:
-            data = (np.random.default_rng(0).standard_normal(dims) * 0.1).astype(spec.dtype)
+        data = sample[name][0].astype(m.inputs[name].dtype)
         (warmup_dir / f"{name}.bin").write_bytes(data.tobytes())
-        inputs.append(WarmupInput(name, triton_dtype(spec.dtype), dims, "input_data_file", f"{name}.bin"))
+        dims = list(data.shape)
+        inputs.append(WarmupInput(name, triton_dtype(m.inputs[name].dtype), dims, "input_data_file", f"{name}.bin"))
     return [Warmup(f"b{opts.warmup_batch_size}", opts.warmup_batch_size, inputs)]
 
 
@@ -197,18 +191,17 @@ def _encoder(m: ModelManifest, model_dir: Path, repo: Path, opts: TritonRepoOpti
 
 
 def _ship_preprocessing_code(dest: Path) -> None:
-    """Copy the torch-free preprocessing package (and ``d2v.errors``) into ``dest/d2v/``."""
-    import d2v.errors
+    """Copy the torch-free preprocessing package and the core it stands on into ``dest/d2v/``."""
+    import d2v.core
     import d2v.models.preprocessing as pre
 
     pkg = dest / "d2v"
     (pkg / "models").mkdir(parents=True)
     (pkg / "__init__.py").write_text('"""Shipped subset of d2v for the Triton python backend."""\n')
     (pkg / "models" / "__init__.py").write_text('"""Shipped subset: preprocessing only."""\n')
-    shutil.copy2(d2v.errors.__file__, pkg / "errors.py")
-    shutil.copytree(
-        Path(pre.__file__).parent, pkg / "models" / "preprocessing", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(Path(d2v.core.__file__).parent, pkg / "core", ignore=skip)
+    shutil.copytree(Path(pre.__file__).parent, pkg / "models" / "preprocessing", ignore=skip)
 
 
 def _preprocess(m: ModelManifest, model_dir: Path, repo: Path, opts: TritonRepoOptions, max_batch: int) -> ModelConfig:

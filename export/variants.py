@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from d2v.errors import ConfigError, UnprocessableInput
-from d2v.export.manifest import CLS_OUTPUT, MEAN_OUTPUT
+from d2v.core.contract import CLS_OUTPUT, MEAN_OUTPUT
+from d2v.core.errors import ConfigError, UnprocessableInput
 from d2v.export.onnx_files import save_with_external_data
 from d2v.export.parity import cosine_rows
 
@@ -150,7 +150,7 @@ class VariantResult:
 
     def as_variant(self):
         """The model.json entry."""
-        from d2v.export.manifest import Variant
+        from d2v.core.manifest import Variant
 
         return Variant(self.file, self.cosine_vs_fp32, engine=self.engine, precision=self.precision)
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from d2v.errors import ConfigError, NotFound
-from d2v.models.config import Data2VecConfig, EmbeddingConfig, from_dict, to_dict
+from d2v.core.config import from_dict, to_dict
+from d2v.core.errors import ConfigError, NotFound
+from d2v.core.files import replace_dir
+from d2v.models.config import Data2VecConfig, EmbeddingConfig
 from d2v.models.preprocessing.config import PreprocessingConfig, preprocessing_from_dict, preprocessing_to_dict
 
 FORMAT = "d2v-checkpoint"
@@ -66,22 +68,11 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         if tokenizer_json is not None:
             shutil.copyfile(tokenizer_json, tmp / TOKENIZER_FILE)
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an existing ``target`` is moved aside first and deleted afterwards."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / target.name)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -109,13 +100,13 @@ def load_checkpoint(
 
     path = Path(path)
     raw = read_checkpoint_config(path)
-    config = from_dict(Data2VecConfig, raw.get("model"), path="model")
+    config = from_dict(Data2VecConfig, raw.get("model"), where="model")
     preprocessing = preprocessing_from_dict(raw.get("preprocessing") or {})
-    embedding = from_dict(EmbeddingConfig, raw.get("embedding") or {}, path="embedding")
+    embedding = from_dict(EmbeddingConfig, raw.get("embedding") or {}, where="embedding")
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise NotFound(f"checkpoint {path} has no {WEIGHTS_FILE}")
-    model = Data2VecModel.from_config(config, attn_impl=attn_impl)
+    model = Data2VecModel(config, attn_impl=attn_impl)
     state = load_file(str(weights), device=device)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

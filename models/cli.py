@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from d2v.errors import ConfigError
+from d2v.core.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

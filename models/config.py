@@ -1,6 +1,6 @@
 """Model configuration: small composed dataclasses, JSON round trip, recipe presets. Torch-free.
 
-A checkpoint stores ``to_dict(Data2VecConfig)``; ``Data2VecModel.from_config`` rebuilds the module from it.
+A checkpoint stores ``to_dict(Data2VecConfig)``; ``Data2VecModel(config)`` rebuilds the module from it.
 Every default is a literal; values shared between parts (the transformer width feeds the front end, the
 patch grid feeds the relative position bias) are passed explicitly when the model is built.
 """
@@ -8,12 +8,10 @@ patch grid feeds the relative position bias) are passed explicitly when the mode
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from d2v.errors import ConfigError
+from d2v.core.errors import ConfigError
 
 Modality = Literal["audio", "image", "text"]
 ConvLayerSpec = tuple[int, int, int]  # (out_channels, kernel_size, stride)
@@ -179,66 +177,6 @@ class EmbeddingConfig:
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ConfigError("embedding.top_k must be >= 1")
-
-
-# ---------------------------------------------------------------------------------------------- JSON
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict (tuples become lists when serialised)."""
-    return dataclasses.asdict(cfg)
-
-
-def from_dict(cls: type, data: dict[str, Any], *, path: str = "") -> Any:
-    """Rebuild dataclass ``cls`` from ``to_dict`` output (after JSON). Unknown keys and values outside a
-    ``Literal`` raise ``ConfigError`` naming the field, so a typo never silently becomes a default."""
-    name = path or cls.__name__
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name} must be an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown field(s) in {name}: {', '.join(unknown)}")
-    values = {key: _coerce(hints[key], value, f"{name}.{key}") for key, value in data.items()}
-    try:
-        return cls(**values)
-    except TypeError as exc:  # a missing required field
-        raise ConfigError(f"{name}: {exc}") from None
-
-
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(arg, value, path)
-            except ConfigError as exc:
-                errors.append(exc.message)
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: invalid value {value!r}")
-    if origin is Literal:
-        if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args):
-            raise ConfigError(f"{path} must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{path} must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{path} must have {len(args)} items, got {len(value)}")
-        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path=path)
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, str, bool) and type(value) is tp:
-        return value
-    raise ConfigError(f"{path} must be {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
 # ------------------------------------------------------------------------------------------- presets

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from d2v.errors import ConfigError, NotFound
+from d2v.core.errors import ConfigError, NotFound
 from d2v.models.checkpoint import save_checkpoint
 from d2v.models.config import (
     AudioEncoderConfig,
@@ -63,7 +63,7 @@ def convert_hf(src: str | os.PathLike, out: str | os.PathLike, *, no_tokenizer: 
                 raise NotFound(f"{src} has no tokenizer.json (convert the tokenizer first, or pass --no-tokenizer)")
             tokenizer = None
 
-    model = Data2VecModel.from_config(config)
+    model = Data2VecModel(config)
     state = model.state_dict()
     unexpected = sorted(set(mapped) - set(state))
     if unexpected:

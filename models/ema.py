@@ -2,7 +2,7 @@
 
 Driven by the training loop::
 
-    teacher = EMATeacher(model, ema_preset("v2_audio", anneal_steps=cfg.max_updates))
+    teacher = EMATeacher(model, ema_preset("v2_audio", tau0=0.999, tau_end=0.99999, anneal_steps=75_000))
     ...
     optimizer.step()
     teacher.update(model, step)          # step = number of optimizer updates done so far
@@ -13,8 +13,8 @@ Parameter names are those of the module handed to the constructor. The project's
 ``models/model.py``) has two sub-modules: ``front_end`` (the modality encoder: CNN + projection + mask embedding +
 ``front_end.pos_conv`` + ``front_end.context_norm`` for audio; patch embedding + positions for images;
 token/position embeddings + embedding LN for text) and ``transformer`` (the shared blocks). :func:`ema_preset`
-writes the spec's per-recipe teacher contents as ``copy_keys`` / ``copy_exclude`` over those prefixes; pass other
-prefixes if the names change.
+writes the spec's per-recipe teacher contents as ``copy_keys`` / ``copy_exclude`` over those prefixes
+(``FRONT_END``, ``POS_CONV``, ``CONTEXT_NORM``); change them there if the names change.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from d2v.errors import ConfigError
+from d2v.core.errors import ConfigError
 
 __all__ = ["EMAConfig", "EMATeacher", "Recipe", "ema_preset", "matches_any"]
 
@@ -69,26 +69,24 @@ def matches_any(name: str, patterns: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def ema_preset(
-    recipe: Recipe,
-    *,
-    anneal_steps: int | None = None,
-    front_end: str = "front_end",
-    pos_conv: str = "front_end.pos_conv",
-    context_norm: str = "front_end.context_norm",
-) -> EMAConfig:
-    """The spec's teacher rules per recipe (§1.1 schedule table, §1.2 contents), for a teacher that deep-copies
-    the whole ``Data2VecModel``.
+FRONT_END = "front_end"  # the modality front end of ``Data2VecModel``
+POS_CONV = "front_end.pos_conv"  # the audio convolutional positional encoder
+CONTEXT_NORM = "front_end.context_norm"  # audio LayerNorm after the pos conv (fairseq ``encoder.layer_norm``)
 
-    | recipe | tau0 -> tau_end / steps | averaged | copied from the student each step |
-    |---|---|---|---|
-    | v1_audio | 0.999 -> 0.9999 / 30k | transformer + context LN | rest of front end incl. pos conv |
-    | v1_audio_audioset | 0.999 -> 0.9999 / 30k | transformer + context LN + pos conv | rest of front end |
-    | v1_text | 0.999 -> 0.9999 / 300k | transformer layers | front end (embeddings, positions, emb. LN) |
-    | v1_vision | 0.9998 constant | everything (timm ModelEmaV2) | nothing |
-    | v2_audio | 0.999 -> 0.99999 / 75k | transformer + context LN + pos conv | rest of front end (CNN, proj.) |
-    | v2_image | 0.9998 -> 0.99999 / 100k | everything (``ema_local_encoder``) | nothing |
-    | v2_text | 0.9999 -> 0.99999 / 100k | transformer (``ema_encoder_only``) | front end |
+
+def ema_preset(recipe: Recipe, *, tau0: float, tau_end: float, anneal_steps: int) -> EMAConfig:
+    """The spec's teacher contents per recipe (§1.2) for a teacher that deep-copies the whole ``Data2VecModel``,
+    with the given schedule (§1.1; the training recipes set it, ``objective.ema``).
+
+    | recipe | averaged | copied from the student each step |
+    |---|---|---|
+    | v1_audio | transformer + context LN | rest of front end incl. pos conv |
+    | v1_audio_audioset | transformer + context LN + pos conv | rest of front end |
+    | v1_text | transformer layers | front end (embeddings, positions, emb. LN) |
+    | v1_vision | everything (timm ModelEmaV2) | nothing |
+    | v2_audio | transformer + context LN + pos conv | rest of front end (CNN, proj.) |
+    | v2_image | everything (``ema_local_encoder``) | nothing |
+    | v2_text | transformer (``ema_encoder_only``) | front end |
 
     (v1 audio: ``ema_layers_only`` copies the pos conv while the encoder LayerNorm after it is averaged.)
 
@@ -99,32 +97,23 @@ def ema_preset(
 
     Args:
         recipe: which recipe.
-        anneal_steps: override the anneal length (fairseq defaults it to ``max_update`` in some configs).
-        front_end: name prefix of the modality front end.
-        pos_conv: name prefix of the audio convolutional positional encoder.
-        context_norm: name prefix of the audio encoder LayerNorm after the pos conv (fairseq ``encoder.layer_norm``).
+        tau0: decay at step 0.
+        tau_end: decay from ``anneal_steps`` on.
+        anneal_steps: length of the linear ramp from ``tau0`` to ``tau_end``.
     """
-    shared: tuple[str, ...] = (front_end,)
+    shared: tuple[str, ...] = (FRONT_END,)
     match recipe:
         case "v1_audio":
-            cfg = EMAConfig(0.999, 0.9999, 30_000, copy_keys=shared, copy_exclude=(context_norm,))
-        case "v1_audio_audioset":
-            cfg = EMAConfig(0.999, 0.9999, 30_000, copy_keys=shared, copy_exclude=(pos_conv, context_norm))
-        case "v1_text":
-            cfg = EMAConfig(0.999, 0.9999, 300_000, copy_keys=shared)
-        case "v1_vision":
-            cfg = EMAConfig(0.9998, 0.9998, 0)
-        case "v2_audio":
-            cfg = EMAConfig(0.999, 0.99999, 75_000, copy_keys=shared, copy_exclude=(pos_conv, context_norm))
-        case "v2_image":
-            cfg = EMAConfig(0.9998, 0.99999, 100_000)
-        case "v2_text":
-            cfg = EMAConfig(0.9999, 0.99999, 100_000, copy_keys=shared)
+            copy_keys, copy_exclude = shared, (CONTEXT_NORM,)
+        case "v1_audio_audioset" | "v2_audio":
+            copy_keys, copy_exclude = shared, (POS_CONV, CONTEXT_NORM)
+        case "v1_text" | "v2_text":
+            copy_keys, copy_exclude = shared, ()
+        case "v1_vision" | "v2_image":
+            copy_keys, copy_exclude = (), ()
         case _:
             raise ConfigError(f"unknown EMA recipe {recipe!r}")
-    if anneal_steps is not None:
-        cfg.anneal_steps = anneal_steps
-    return cfg
+    return EMAConfig(tau0, tau_end, anneal_steps, copy_keys=copy_keys, copy_exclude=copy_exclude)
 
 
 class EMATeacher:

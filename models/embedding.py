@@ -14,16 +14,14 @@ Everything here is tensor arithmetic without Python branches on tensor values, s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from d2v.errors import InvalidInput
+from d2v.core.errors import InvalidInput
 from d2v.models.config import EmbeddingConfig
-from d2v.models.targets import normalize as normalize_per_layer
-
-Norm = Literal["layer", "instance", "none"]
+from d2v.models.targets import Norm, normalize
 
 
 class Embeddings(NamedTuple):
@@ -31,11 +29,6 @@ class Embeddings(NamedTuple):
     token_mask: Tensor  # [B, T'] int64, 1 = real token
     mean: Tensor  # [B, D] masked mean of the layer-normalised average
     cls: Tensor | None  # [B, D] first token of the layer-normalised average (image CLS, text <s>); audio None
-
-
-def normalize(x: Tensor, padding_mask: Tensor | None, norm: Norm) -> Tensor:
-    """One parameter-free norm in fp32; the same definitions the target builder uses (``d2v.models.targets``)."""
-    return normalize_per_layer(x.float(), norm, padding_mask)
 
 
 def layer_average(
@@ -54,13 +47,14 @@ def layer_average(
         k = top_k.reshape(()).clamp(1, num_layers).to(torch.float32)
         index = torch.arange(num_layers, device=k.device, dtype=torch.float32)
         weights = (index >= num_layers - k).to(torch.float32) / k  # (L,)
-        stacked = torch.stack([normalize(x, padding_mask, norm) for x in layers])  # (L, B, T, D)
+        stacked = torch.stack([normalize(x.float(), norm, padding_mask) for x in layers])  # (L, B, T, D)
         average = (stacked * weights.view(-1, 1, 1, 1)).sum(dim=0)
     else:
         if not 1 <= top_k <= num_layers:
             raise InvalidInput(f"top_k must be in [1, {num_layers}], got {top_k}")
-        average = torch.stack([normalize(x, padding_mask, norm) for x in layers[num_layers - top_k :]]).mean(dim=0)
-    average = normalize(average, padding_mask, final_norm)
+        top = layers[num_layers - top_k :]
+        average = torch.stack([normalize(x.float(), norm, padding_mask) for x in top]).mean(dim=0)
+    average = normalize(average, final_norm, padding_mask)
     if padding_mask is not None:
         average = average.masked_fill(padding_mask.unsqueeze(-1), 0.0)
     return average

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from d2v.errors import ConfigError, InvalidInput
+from d2v.core.errors import ConfigError, InvalidInput
 from d2v.models.masking import restore
 
 __all__ = [
@@ -73,7 +73,8 @@ def build_regression_head(cfg: RegressionHeadConfig, dim: int) -> RegressionHead
 
 @dataclass
 class DecoderConfig:
-    """v2 decoder. Defaults are audio Base; see the ``audio_base`` / ``image_base`` / ``text_base`` presets."""
+    """v2 decoder. Defaults are audio Base; see the ``audio_base`` / ``text_base`` presets (image Base:
+    ``objective.head`` of ``training/recipes/base-image-v2.yaml``)."""
 
     dim: int = 384
     depth: int = 4
@@ -88,10 +89,6 @@ class DecoderConfig:
     @classmethod
     def audio_base(cls) -> DecoderConfig:
         return cls(dim=384, depth=4, kernel=7, groups=16, residual=True, input_dropout=0.1)
-
-    @classmethod
-    def image_base(cls) -> DecoderConfig:
-        return cls(dim=768, depth=6, kernel=3, groups=16, residual=True, input_dropout=0.0)
 
     @classmethod
     def text_base(cls) -> DecoderConfig:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from d2v.errors import InvalidInput
+from d2v.core.errors import InvalidInput
 
 __all__ = ["LossOutput", "d2v_loss", "feature_std"]
 

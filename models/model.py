@@ -14,7 +14,7 @@ local encoder runs once per batch while the teacher and several masked student c
 positions). ``mask_mode="replace"`` (v1) substitutes the learned mask embedding (audio: after the projection;
 image: the patch embeddings before the CLS token; text masks token ids before ``encode`` instead).
 ``mask_mode="remove"`` (v2, MAE-style) encodes only the visible tokens; every row must mask the same number
-of tokens, and ``visible_indices(mask)`` gives the kept order (CLS first for images).
+of tokens, and ``d2v.models.masking.visible_indices(mask)`` gives the kept order (CLS first for images).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import torch
 from torch import Tensor, nn
 
 from d2v.models.config import Data2VecConfig
-from d2v.models.encoders import FrontEndOutput, MaskMode, visible_indices
+from d2v.models.encoders import FrontEndOutput, MaskMode
 from d2v.models.encoders.audio import AudioEncoder, ConvLayer
 from d2v.models.encoders.image import ImageEncoder
 from d2v.models.encoders.text import TextEncoder
 from d2v.models.transformer import LayerOutput, Transformer
 
-__all__ = ["Data2VecModel", "EncoderOutput", "LayerOutput", "repeat_local", "visible_indices"]
+__all__ = ["Data2VecModel", "EncoderOutput", "LayerOutput", "repeat_local"]
 
 
 class EncoderOutput(NamedTuple):
@@ -124,10 +124,6 @@ class Data2VecModel(nn.Module):
             rel_pos_grid=grid,
         )
         self.init_weights()
-
-    @classmethod
-    def from_config(cls, config: Data2VecConfig, *, attn_impl: Literal["sdpa", "math"] | None = None) -> Data2VecModel:
-        return cls(config, attn_impl=attn_impl)
 
     @property
     def modality(self) -> str:

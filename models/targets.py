@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from d2v.errors import ConfigError, InvalidInput
+from d2v.core.errors import ConfigError, InvalidInput
 
 __all__ = ["EPS", "Norm", "build_targets", "instance_norm", "normalize"]
 

@@ -252,7 +252,7 @@ class ALiBi(nn.Module):
 class Transformer(nn.Module):
     """The shared stack: ``depth`` blocks, optional position biases, optional final LayerNorm.
 
-    Keyword arguments mirror ``TransformerConfig`` fields (``Data2VecModel.from_config`` passes them);
+    Keyword arguments mirror ``TransformerConfig`` fields (``Data2VecModel(config)`` passes them);
     ``rel_pos_grid`` is the patch grid for ``rel_pos_bias="shared"``. ``layerdrop`` skips whole blocks in
     training only; a skipped block reports its input as ``block`` and zeros as ``ffn`` so ``layers`` always
     has ``depth`` entries.

@@ -20,17 +20,18 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import FastAPI
 
 from d2v import __version__
-from d2v.errors import D2VError, Unavailable
+from d2v.core.errors import D2VError, Unavailable
+from d2v.runtime.engines import EmbeddingEngine, build_engine
+from d2v.runtime.store import discover
 
-from .engines import EmbeddingEngine, build_engine
-from .handlers import install_error_handlers
+from .error_handlers import install_error_handlers
 from .media import MediaResolver
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
-from .pipeline import ServedModel
+from .registry import ModelRegistry
 from .routes import native, openai, ops
+from .served_model import ServedModel
 from .settings import SETTINGS_ENV, ServerSettings
-from .store import ModelRegistry, discover
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def build_engines(settings: ServerSettings) -> list[EmbeddingEngine]:
-    return [build_engine(manifest, path, settings) for manifest, path in discover(settings.store, settings.models)]
+    return [
+        build_engine(manifest, path, settings.engine_config())
+        for manifest, path in discover(settings.store, settings.models)
+    ]
 
 
 def create_app(settings: ServerSettings | None = None, engines: Sequence[EmbeddingEngine] | None = None) -> FastAPI:

@@ -7,7 +7,7 @@ import hmac
 
 from fastapi import Request
 
-from d2v.errors import Unauthorized
+from d2v.core.errors import Unauthorized
 
 
 def require_api_key(request: Request) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from d2v.errors import D2VError, InternalError, Overloaded, Unavailable
+from d2v.core.errors import D2VError, InternalError, Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from d2v.errors import ConfigError, Unavailable
+from d2v.core.errors import ConfigError, Unavailable
 
 PERCENTILES = (50, 90, 99)
 
@@ -131,18 +131,15 @@ def ratios(gateway: dict[str, Any], engine: dict[str, Any]) -> dict[str, float |
 
 # ---------------------------------------------------------------------------------------------- phases
 async def _engine_phase(manifest, model_dir: Path, settings, raws: list[Any], bounds: dict) -> dict[str, Any]:
-    from d2v.export.manifest import MEAN_OUTPUT, TOKEN_MASK_OUTPUT, TOP_K_INPUT
+    from d2v.core.contract import MEAN_OUTPUT, TOKEN_MASK_OUTPUT, feeds
     from d2v.models.preprocessing import build_preprocessor
-
-    from .engines import build_engine
+    from d2v.runtime.engines import build_engine
 
     if settings.engine == "triton" and settings.triton_mode == "ensemble":
         raise ConfigError("d2v bench serve compares against tensors sent to the engine: use --triton-mode encoder")
     pre = build_preprocessor(manifest.preprocessing, model_dir)
-    inputs = pre.collate([pre.load_item(r) for r in raws])
-    if manifest.supports_top_k:
-        inputs[TOP_K_INPUT] = np.array([manifest.top_k], dtype=np.int64)
-    engine = build_engine(manifest, model_dir, settings)
+    inputs = feeds(manifest, pre.collate([pre.load_item(r) for r in raws]))
+    engine = build_engine(manifest, model_dir, settings.engine_config())
     await engine.load()
     try:
         await engine.warmup()
@@ -235,7 +232,7 @@ def bench_serve(
     startup_timeout_s: float = 120.0,
 ) -> dict[str, Any]:
     """Both phases for the first model ``settings`` selects; returns the JSON-able result."""
-    from .store import discover
+    from d2v.runtime.store import discover
 
     if requests < 1 or concurrency < 1 or items < 1 or duration_s <= 0 or warmup < 0:
         raise ConfigError("requests, concurrency and items must be >= 1, duration > 0 and warmup >= 0")

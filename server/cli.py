@@ -1,29 +1,21 @@
-"""``d2v serve``: argparse only at import; uvicorn and the app are imported when the command runs.
+"""``d2v serve`` flags and ``d2v bench serve``: argparse only at import; uvicorn and the app are imported
+when a command runs.
 
-Flags override ``D2V_*`` environment variables, which override the defaults (``ServerSettings``).
-
-Two conveniences run other ``d2v`` commands in a subprocess before serving, so this process stays torch-free:
-``--quickstart-if-empty`` runs ``d2v quickstart`` when the store holds no model, and ``--model`` accepts a
-Hugging Face data2vec model (a ``save_pretrained`` directory or a hub id such as
-``facebook/data2vec-text-base``), converted with ``d2v convert hf`` and exported with ``d2v export`` into
-``$D2V_HOME/cache/hf/<name>-<hash>/`` once, then reused.
+Flags override ``D2V_*`` environment variables, which override the defaults (``ServerSettings``). The ``d2v``
+command line wraps this parser with model provisioning (``d2v.workflows.serve``: ``--quickstart-if-empty``
+and Hugging Face models); ``register`` alone serves what is already exported.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import re
-import subprocess
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-HF_MODEL_TYPES = ("data2vec-text", "data2vec-audio", "data2vec-vision")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+if TYPE_CHECKING:
+    from .settings import ServerSettings
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve",
         help="serve exported models over HTTP (OpenAI-compatible + native API)",
@@ -38,13 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="NAME_OR_DIR",
-        help="model name in the store, an export directory, or a Hugging Face data2vec model (save_pretrained "
-        "directory or hub id, converted + exported on first use) (repeatable; default: every model)",
-    )
-    p.add_argument(
-        "--quickstart-if-empty",
-        action="store_true",
-        help="when the store holds no model, build the default ones first (d2v quickstart; a few minutes)",
+        help="model name in the store, an export directory, or (with the d2v command) a Hugging Face data2vec "
+        "model: save_pretrained directory or hub id, converted + exported on first use (repeatable; default: all)",
     )
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1; never 0.0.0.0 unless asked)")
     p.add_argument("--port", type=int, default=None, help="port (default 8080)")
@@ -99,31 +86,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--url-allowlist", action="append", default=None, metavar="URL_PREFIX")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", default=None)
     p.set_defaults(func=_serve)
+    return p
 
 
-def _serve(args: argparse.Namespace) -> int:
+def settings_from_args(args: argparse.Namespace, keys: tuple[str, ...] | None = None) -> ServerSettings:
+    """Flags the user typed (``keys``: only these; default: every settings field) override ``D2V_*`` variables,
+    which override the defaults."""
+    from pydantic import ValidationError
+
+    from d2v.core.errors import ConfigError
+
+    from .settings import ServerSettings
+
+    names = keys or tuple(ServerSettings.model_fields)
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    try:
+        return ServerSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid server settings: {exc}") from None
+
+
+def run_server(settings: ServerSettings) -> int:
+    """Serve until stopped: one process, or ``settings.workers`` uvicorn workers rebuilding the same settings."""
     import json
     import os
 
     import uvicorn
-    from pydantic import ValidationError
 
-    from d2v.errors import ConfigError
+    from .settings import SETTINGS_ENV
 
-    from .settings import SETTINGS_ENV, ServerSettings
-
-    overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose") and v is not None}
-    overrides = {k: v for k, v in overrides.items() if k in ServerSettings.model_fields}
-    try:
-        settings = ServerSettings(**overrides)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid server settings: {exc}") from None
-    if getattr(args, "quickstart_if_empty", False) and not settings.models:
-        _quickstart_if_empty(settings.store)
-    if settings.models:
-        resolved = [_resolve_model(entry, settings.store) for entry in settings.models]
-        if resolved != settings.models:
-            settings = settings.model_copy(update={"models": resolved})
     common = {
         "host": settings.host,
         "port": settings.port,
@@ -143,85 +134,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_d2v(argv: list[str], what: str) -> None:
-    """Run ``d2v ARGV`` in a child interpreter (torch stays out of the server process)."""
-    from d2v.errors import ConfigError
-
-    print(f"d2v serve: {what}: d2v {' '.join(argv)}", file=sys.stderr, flush=True)
-    rc = subprocess.call([sys.executable, "-m", "d2v", *argv])
-    if rc != 0:
-        raise ConfigError(f"{what} failed (d2v {argv[0]} exited with status {rc})")
-
-
-def _quickstart_if_empty(store: Path) -> None:
-    from d2v.paths import store_has_models
-
-    if store_has_models(store):
-        return
-    _run_d2v(["quickstart", "--store", str(store)], f"the model store {store} is empty; building the default models")
-
-
-def _hf_model_type(path: Path) -> str | None:
-    """``model_type`` of a Hugging Face ``save_pretrained`` directory holding a data2vec model, else None."""
-    try:
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return model_type if model_type in HF_MODEL_TYPES else None
-
-
-def _cache_key(src: str, local: Path | None) -> str:
-    """Directory name for a converted model: its name plus a hash of where it came from (and, for a local
-    directory, the sizes and times of its files, so an edited model is converted again)."""
-    h = hashlib.sha256(src.encode())
-    if local is not None:
-        h.update(str(local.resolve()).encode())
-        for f in sorted(local.iterdir()):
-            if f.is_file():
-                st = f.stat()
-                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    name = re.sub(r"[^\w.-]", "-", (local.resolve().name if local is not None else src.rsplit("/", 1)[-1]))
-    return f"{name}-{h.hexdigest()[:10]}"
-
-
-def _resolve_model(entry: str, store: Path) -> str:
-    """A store name or export directory stays as it is; a Hugging Face data2vec model (local directory or hub
-    id) becomes the export directory of its converted copy, built on first use."""
-    from d2v.errors import NotFound
-    from d2v.export.manifest import MANIFEST_FILE
-    from d2v.paths import default_cache
-
-    path = Path(entry).expanduser()
-    if (path / MANIFEST_FILE).is_file() or (store / entry / MANIFEST_FILE).is_file():
-        return entry
-    if path.is_dir():
-        if _hf_model_type(path) is None:
-            raise NotFound(
-                f"model {entry!r}: the directory has neither {MANIFEST_FILE} (a d2v export) nor a Hugging Face "
-                f"config.json with model_type {' / '.join(HF_MODEL_TYPES)}"
-            )
-        local = path
-    elif _HUB_ID.match(entry):
-        local = None
-    else:
-        raise NotFound(f"model {entry!r}: neither a model directory, a model in the store {store}, nor a hub id")
-    cache = default_cache("hf", _cache_key(entry, local))
-    export_dir = cache / "model"
-    if (export_dir / MANIFEST_FILE).is_file():
-        return str(export_dir)
-    checkpoint = cache / "checkpoint"
-    name = re.sub(r"[^\w.-]", "-", (local.resolve().name if local is not None else entry.rsplit("/", 1)[-1]))
-    where = str(local) if local is not None else f"the Hugging Face Hub ({entry})"
-    try:
-        _run_d2v(["convert", "hf", str(local or entry), str(checkpoint), "--overwrite"], f"converting {where}")
-    except Exception as exc:
-        hint = "" if local is not None else " (offline? download it where the Hub is reachable, pass the directory)"
-        raise NotFound(f"model {entry!r}: could not convert {where}{hint}: {getattr(exc, 'message', exc)}") from None
-    _run_d2v(
-        ["export", str(checkpoint), str(export_dir), "--name", name, "--variants", "none", "--overwrite"],
-        f"exporting {name}",
-    )
-    return str(export_dir)
+def _serve(args: argparse.Namespace) -> int:
+    return run_server(settings_from_args(args))
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -254,21 +168,11 @@ def _bench_serve(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from pydantic import ValidationError
-
-    from d2v.errors import ConfigError
-
     from .bench import bench_serve, format_table
-    from .settings import ServerSettings
 
-    keys = ("store", "engine", "variant", "intra_op_threads", "triton_url", "triton_protocol")
-    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    if args.model:
-        overrides["models"] = [args.model]
-    try:
-        settings = ServerSettings(**overrides)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid server settings: {exc}") from None
+    args.models = [args.model] if args.model else None
+    keys = ("store", "models", "engine", "variant", "intra_op_threads", "triton_url", "triton_protocol")
+    settings = settings_from_args(args, keys)
     result = bench_serve(
         settings,
         requests=args.requests,

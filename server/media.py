@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from d2v.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from d2v.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 from .settings import ServerSettings
 

@@ -9,9 +9,9 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from d2v.errors import InvalidInput, PayloadTooLarge
+from d2v.core.errors import InvalidInput, PayloadTooLarge
 
-from .handlers import error_response
+from .error_handlers import error_response
 from .metrics import Metrics
 
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})

@@ -6,23 +6,20 @@ Nothing else in ``d2v.server`` reads the environment. List-valued variables (``D
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from d2v.core.paths import default_store
+from d2v.runtime.engines import EngineConfig
+
 EngineName = Literal["onnxruntime", "openvino", "triton"]
 
 # Set by ``d2v serve --workers N`` so every uvicorn worker process rebuilds exactly the parent's settings.
 SETTINGS_ENV = "D2V_SERVER_SETTINGS_JSON"
-
-
-def default_store() -> Path:
-    """``$D2V_HOME/models`` (default ``~/.cache/d2v/models``; ``d2v.paths``): resolved when settings are built."""
-    from d2v.paths import default_store as _default_store
-
-    return _default_store()
 
 
 def _split_list(value: object) -> object:
@@ -100,3 +97,7 @@ class ServerSettings(BaseSettings):
 
     def api_key_values(self) -> list[bytes]:
         return [k.get_secret_value().encode() for k in self.api_keys]
+
+    def engine_config(self) -> EngineConfig:
+        """The runtime's engine settings, taken from these (the runtime knows nothing of the server)."""
+        return EngineConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EngineConfig)})

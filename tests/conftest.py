@@ -1,4 +1,4 @@
-"""Session fixtures shared by tests/export, tests/server and tests/clients: tiny checkpoints, their exports,
+"""Session fixtures shared by every test folder: the model-store test kit, tiny checkpoints, their exports,
 ONE Triton repository with all three modalities, and a real ``tritonserver`` serving it on loopback.
 
 Everything is built lazily (only when a test asks) and once per session. Helpers live in
@@ -14,12 +14,33 @@ from pathlib import Path
 
 import pytest
 
-if "triton_fixtures" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("triton_fixtures", Path(__file__).with_name("triton_fixtures.py"))
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules["triton_fixtures"] = _module
-    _spec.loader.exec_module(_module)
-tf = sys.modules["triton_fixtures"]
+
+def _register(name: str) -> object:
+    """Load ``tests/<name>.py`` as module ``name`` (once), so every test folder can ``from <name> import``."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+tf = _register("triton_fixtures")
+testkit = _register("testkit")  # tiny contract-following ONNX models, settings, ASGI and live servers
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store with one tiny contract-following ONNX model per modality (no torch needed)."""
+    root = tmp_path_factory.mktemp("store")
+    for modality in ("text", "audio", "image"):
+        testkit.write_model(root, modality)
+    return root
 
 
 @pytest.fixture(scope="session")

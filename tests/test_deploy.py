@@ -280,7 +280,7 @@ def parse_d2v(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Name
 
 
 def setting_env_names() -> set[str]:
-    from d2v.paths import HOME_ENV
+    from d2v.core.paths import HOME_ENV
     from d2v.server.settings import ServerSettings
 
     prefix = ServerSettings.model_config["env_prefix"]
@@ -624,6 +624,20 @@ def test_regular_install_ships_every_subpackage():
     assert present <= listed, f"add to [tool.setuptools] packages: {sorted(present - listed)}"
 
 
+@pytest.mark.parametrize("target", ["build-serve", "full"])
+def test_images_copy_every_source_folder_they_install(target, dockerfile):
+    """``pip install .`` in an image builds from the folders COPY put there: a package-dir folder left out
+    (say, a new floor such as core/ or runtime/) installs an incomplete package that fails at start."""
+    import tomllib
+
+    _, stages = dockerfile
+    (stage,) = [s for s in stages if s.name == target]
+    copied = {c.value.split()[-1].rstrip("/") for c in stage.all("COPY") if "--from" not in c.value}
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    needed = {folder.split("/")[0] for folder in package_dirs.values()}
+    assert needed <= copied, f"{target}: COPY {sorted(needed - copied)}"
+
+
 def test_dockerignore_keeps_local_state_out_and_sources_in():
     for excluded in (".git", ".venv", ".venv-triton", "data/generated", "runs", ".pytest_cache", "x/__pycache__"):
         assert dockerignored(excluded), excluded
@@ -642,7 +656,7 @@ def test_triton_image(parser):
     assert stage.last("USER").value.split(":")[0] not in ("root", "0")
     assert {int(p) for i in stage.all("EXPOSE") for p in i.value.split()} == {8000, 8001, 8002}
     # The python-backend preprocess model imports these (third-party imports of the shipped code).
-    shipped = [ROOT / "d2v" / "errors.py", *sorted((ROOT / "models" / "preprocessing").glob("*.py"))]
+    shipped = [*sorted((ROOT / "core").glob("*.py")), *sorted((ROOT / "models" / "preprocessing").glob("*.py"))]
     imports: set[str] = set()
     for path in shipped + [ROOT / "export" / "triton_models" / "preprocess.py"]:
         for node in ast.walk(ast.parse(path.read_text())):

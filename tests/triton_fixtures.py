@@ -55,7 +55,7 @@ def make_checkpoint(modality: str, root: Path, *, version: int = 1, seed: int = 
         pre = AudioPreprocessingConfig(max_seconds=5.0)
     else:
         pre = ImagePreprocessingConfig(image_size=cfg.image.image_size, resize_size=cfg.image.image_size + 4)
-    model = Data2VecModel.from_config(cfg).eval()
+    model = Data2VecModel(cfg).eval()
     emb = default_embedding_config(modality, cfg.transformer.depth)
     path = root / f"ckpt-{modality}-v{version}"
     save_checkpoint(path, model, pre, emb, tokenizer_json=tokenizer, source={"test": "tiny"})

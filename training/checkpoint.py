@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from d2v.errors import NotFound
+from d2v.core.errors import NotFound
 
 log = logging.getLogger(__name__)
 

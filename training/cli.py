@@ -68,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
     positional = list(args.overrides or [])
     if positional and positional[0] == "plot":
         if len(positional) != 2:
-            from d2v.errors import ConfigError
+            from d2v.core.errors import ConfigError
 
             raise ConfigError("usage: d2v train plot RUN_DIR")
         from .plots import plot_run

@@ -1,11 +1,11 @@
 """Training configuration: one dataclass per concern, loaded from a recipe YAML plus dotted overrides.
 
 ``load_config("base-audio-v1.yaml", ["optim.lr=5e-4"])`` reads the YAML (a path or a bundled recipe name),
-applies the overrides to the raw mapping, then converts it into ``TrainConfig`` with type checking: every
-error is a ``ConfigError`` naming the dotted field (``optim.lr: expected a float, got 'fast'``). Unknown keys
-are errors too (a typo must not silently become a default). The ``model`` and ``preprocessing`` sections are
-plain mappings here; they are checked against ``d2v.models`` dataclasses when the model is built
-(``build_model_config`` in ``d2v.training.objective``), still naming the dotted field.
+applies the overrides to the raw mapping, then converts it into ``TrainConfig`` with the project's one strict
+converter (``d2v.core.config.from_dict``): every error is a ``ConfigError`` naming the dotted field
+(``optim.lr: expected float, got 'fast' (str)``). Unknown keys are errors too (a typo must not silently become
+a default). The ``model`` and ``preprocessing`` sections are plain mappings here; they are checked against
+``d2v.models`` dataclasses when the model is built (``resolve_model_config``), still naming the dotted field.
 
 Torch-free (yaml + stdlib), so ``d2v train --help`` and config errors stay fast.
 """
@@ -13,16 +13,15 @@ Torch-free (yaml + stdlib), so ``d2v train --help`` and config errors stay fast.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from d2v.errors import ConfigError, NotFound
+from d2v.core.config import from_dict, to_dict
+from d2v.core.errors import ConfigError, NotFound
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -163,11 +162,27 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return coerce(cls, data, "")
+        return from_dict(cls, data)
 
 
 # --------------------------------------------------------------------------------------------------------
 # Loading, overrides and type-directed conversion
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, which reads ``5e-4`` (no dot) as a string; recipes mean the float (YAML 1.2)."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse a recipe or an override value (``yaml.safe_load`` with YAML 1.2 exponent floats)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def resolve_recipe(path_or_name: str | Path) -> Path:
@@ -188,7 +203,7 @@ def load_config(path_or_name: str | Path | None, overrides: list[str] | tuple[st
     if path_or_name is not None:
         path = resolve_recipe(path_or_name)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
@@ -202,7 +217,7 @@ def load_config(path_or_name: str | Path | None, overrides: list[str] | tuple[st
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Set ``a.b.c=value`` in the nested mapping; the value is parsed as YAML (``[0.9,0.95]``, ``true``, ``null``).
 
-    Unknown top-level/dataclass keys are caught later by ``coerce`` (which knows the schema); free-form
+    Unknown top-level/dataclass keys are caught later by ``from_dict`` (which knows the schema); free-form
     sections (``model``, ``preprocessing``, ``objective.head``) are validated when they are used.
     """
     key, sep, text = item.partition("=")
@@ -210,7 +225,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.lr=5e-4")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_yaml(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     node = raw
@@ -223,115 +238,6 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
     node[parts[-1]] = value
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def coerce(tp: Any, value: Any, where: str) -> Any:
-    """Convert ``value`` to the annotated type ``tp`` or raise ``ConfigError`` naming ``where``.
-
-    Handles dataclasses (recursively; unknown keys rejected with a suggestion), ``Literal``, ``X | None``,
-    ``tuple[...]``, ``dict``, ``list`` and the scalars. Strings are accepted for numbers (YAML reads ``5e-4``
-    as a string) and for booleans (``true``/``false``).
-    """
-    label = where or "config"
-    if dataclasses.is_dataclass(tp):
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{label}: expected a mapping, got {value!r}")
-        hints = typing.get_type_hints(tp)
-        known = {f.name: f for f in dataclasses.fields(tp)}
-        kwargs = {}
-        for key, item in value.items():
-            child = f"{where}.{key}" if where else str(key)
-            if key not in known:
-                close = difflib.get_close_matches(str(key), list(known), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
-                raise ConfigError(f"{child}: unknown field{hint}")
-            kwargs[key] = coerce(hints[key], item, child)
-        return tp(**kwargs)
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{label}: expected one of {list(args)}, got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(arg, value, where)
-            except ConfigError as exc:
-                errors.append(exc.message)
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{label}: {value!r} matches none of {tp}")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{label}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(args[0], v, f"{label}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{label}: expected {len(args)} values, got {len(value)} ({value!r})")
-        return tuple(coerce(a, v, f"{label}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{label}: expected a list, got {value!r}")
-        return [coerce(args[0], v, f"{label}[{i}]") for i, v in enumerate(value)] if args else list(value)
-    if origin is dict or tp is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{label}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{label}: expected a boolean, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{label}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                number = float(value.replace("_", ""))
-            except ValueError:
-                number = None
-            if number is not None and number.is_integer():
-                return int(number)
-        raise ConfigError(f"{label}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{label}: expected a float, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{label}: expected a float, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{label}: expected a string, got {value!r}")
-    raise ConfigError(f"{label}: unsupported config type {_type_name(tp)}")  # pragma: no cover - schema bug
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -411,11 +317,11 @@ def resolve_model_config(cfg: TrainConfig, *, vocab_size: int | None = None):
         raise ConfigError(f"model.version: {section['version']} contradicts objective.version={cfg.objective.version}")
     if section.get("modality", cfg.modality) != cfg.modality:
         raise ConfigError(f"model.modality: {section['modality']} contradicts modality={cfg.modality}")
-    base = mc.to_dict(mc.preset(cfg.modality, size, version))
+    base = to_dict(mc.preset(cfg.modality, size, version))
     merged = _deep_merge(base, section)
     if vocab_size is not None and cfg.modality == "text":
         merged["text"]["vocab_size"] = vocab_size
-    return coerce(mc.Data2VecConfig, merged, "model")
+    return from_dict(mc.Data2VecConfig, merged, where="model")
 
 
 def resolve_preprocessing_config(cfg: TrainConfig, model_cfg: Any):
@@ -430,7 +336,7 @@ def resolve_preprocessing_config(cfg: TrainConfig, model_cfg: Any):
         if section.setdefault("image_size", size) != size:
             raise ConfigError(f"preprocessing.image_size: {section['image_size']} != model.image.image_size {size}")
         section.setdefault("resize_size", int(round(size / 0.875)))
-        return coerce(pc.ImagePreprocessingConfig, section, "preprocessing")
+        return from_dict(pc.ImagePreprocessingConfig, section, where="preprocessing")
     if cfg.modality == "text":
         limit = model_cfg.text.max_tokens
         section.setdefault("max_length", min(limit, 512))
@@ -441,5 +347,5 @@ def resolve_preprocessing_config(cfg: TrainConfig, model_cfg: Any):
             raise ConfigError(
                 f"data.block_size: {cfg.data.block_size} > preprocessing.max_length {section['max_length']}"
             )
-        return coerce(pc.TextPreprocessingConfig, section, "preprocessing")
-    return coerce(pc.AudioPreprocessingConfig, section, "preprocessing")
+        return from_dict(pc.TextPreprocessingConfig, section, where="preprocessing")
+    return from_dict(pc.AudioPreprocessingConfig, section, where="preprocessing")

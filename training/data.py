@@ -1,13 +1,14 @@
-"""Pretraining data: file discovery, datasets and collate functions for audio, images and text.
+"""Pretraining data: datasets, sampling and collate functions for audio, images and text (files come from
+``sources``).
 
 Decoding and normalisation go through the shared torch-free preprocessing (``d2v.models.preprocessing``);
 this module adds only what training needs on top: random crops / flips, equal-length audio batches, text
 blocks, masks, and a deterministic sampler.
 
 Determinism: the sampler yields sample keys ``(epoch, index)``; every random draw of a sample (crop offset,
-flip, masks) is seeded from ``(seed, epoch, index)`` (``d2v.training.masks``), so batches do not depend on the
-number of processes, the number of DataLoader workers or a resume. Rank ``r`` of ``W`` takes every W-th
-sample of the epoch permutation, so the union of the ranks' micro-batch ``i`` is the single-process
+flip, masks) is seeded from ``(seed, epoch, index)`` (``d2v.training.sample_randomness``), so batches do
+not depend on the number of processes, the number of DataLoader workers or a resume. Rank ``r`` of ``W``
+takes every W-th sample of the epoch permutation, so the union of the ranks' micro-batch ``i`` is the single-process
 batch ``i`` of size ``W * batch_size``.
 
 Robustness: an unreadable or corrupt file is logged once (with the reason), counted, and replaced by the
@@ -17,7 +18,6 @@ crashes. Each batch reports how many files it skipped (``batch["skipped"]``).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from d2v.errors import ConfigError, D2VError, NotFound
+from d2v.core.errors import ConfigError, D2VError, NotFound
 from d2v.models.preprocessing import (
     AudioPreprocessor,
     ImagePreprocessor,
@@ -37,95 +37,14 @@ from d2v.models.preprocessing import (
     random_resized_crop,
 )
 
-from .masks import CROP, FLIP, MaskMaker, sample_rng
+from .sample_randomness import CROP, FLIP, MaskMaker, sample_rng
+from .sources import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, list_media_files, read_texts
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-TEXT_EXTENSIONS = (".txt", ".jsonl", ".json")
-MANIFEST_EXTENSIONS = (".tsv", ".jsonl", ".txt", ".lst", ".csv")
 MAX_SKIP_TRIES = 64  # consecutive unreadable samples before giving up on a batch slot
 
 Key = tuple[int, int]  # (epoch, index)
-
-
-# ------------------------------------------------------------------------------------------- discovery
-
-
-def list_media_files(path: str | Path, extensions: tuple[str, ...], what: str) -> list[Path]:
-    """A directory tree (files with ``extensions``, sorted) or a manifest of paths.
-
-    Manifests: fairseq TSV (first line = root directory, then ``relative_path<TAB>frames``), JSONL with a
-    ``path`` (or ``audio``/``image``/``file``) key, or one path per line; relative paths are resolved against
-    the manifest's directory (or the TSV root).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise NotFound(f"data.path: not found: {path}")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-    elif path.suffix.lower() in extensions:
-        files = [path]
-    else:
-        files = read_manifest(path)
-    if not files:
-        raise NotFound(f"data.path: no {what} files ({', '.join(extensions)}) found in {path}")
-    return files
-
-
-def read_manifest(path: Path) -> list[Path]:
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if not lines:
-        return []
-    root = path.parent
-    if path.suffix.lower() == ".jsonl":
-        files = []
-        for n, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"data.path: {path}:{n}: not valid JSON ({exc.msg})") from None
-            value = next((record[k] for k in ("path", "audio", "image", "file") if k in record), None)
-            if not isinstance(value, str):
-                raise ConfigError(f"data.path: {path}:{n}: expected a 'path' field")
-            files.append(root / value)
-        return files
-    if path.suffix.lower() == ".tsv" and "\t" not in lines[0] and Path(lines[0].strip()).is_dir():
-        root, lines = Path(lines[0].strip()), lines[1:]  # fairseq manifest
-    return [root / line.split("\t")[0].strip() for line in lines]
-
-
-def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
-    """Documents of a plain-text file (one per non-empty line), a JSONL file (``text_field``) or a tree of them."""
-    path = Path(path)
-    if not path.exists():
-        raise NotFound(f"data.path: not found: {path}")
-    files = list_media_files(path, TEXT_EXTENSIONS, "text") if path.is_dir() else [path]
-    docs: list[str] = []
-    for file in files:
-        try:
-            content = file.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            log.warning("skipping unreadable text file %s: %s", file, exc)
-            continue
-        if file.suffix.lower() in (".jsonl", ".json"):
-            for n, line in enumerate(content.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line).get(text_field)
-                except (json.JSONDecodeError, AttributeError):
-                    value = None
-                if not isinstance(value, str):
-                    log.warning("skipping %s:%d: no string field %r", file, n, text_field)
-                    continue
-                docs.append(value)
-        else:
-            docs.extend(line for line in content.splitlines() if line.strip())
-    if not docs:
-        raise NotFound(f"data.path: no text found in {path}")
-    return docs
 
 
 # -------------------------------------------------------------------------------------------- sampling

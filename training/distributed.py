@@ -35,7 +35,7 @@ class DistInfo:
 def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            from d2v.errors import ConfigError
+            from d2v.core.errors import ConfigError
 
             raise ConfigError("run.device: cuda requested but no CUDA device is available")
         return torch.device("cuda", local_rank)
@@ -79,12 +79,3 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
-
-
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's ``obj`` on every rank."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -29,9 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from d2v.errors import ConfigError
+from d2v.core.config import from_dict
+from d2v.core.contract import PRIMARY_INPUT
+from d2v.core.errors import ConfigError
 from d2v.models import config as mc
-from d2v.models.ema import EMAConfig, EMATeacher, ema_preset
+from d2v.models.ema import EMATeacher, ema_preset
 from d2v.models.encoders import FrontEndOutput
 from d2v.models.heads import DecoderConfig, RegressionHeadConfig, build_decoder, build_regression_head
 from d2v.models.loss import d2v_loss
@@ -39,10 +41,8 @@ from d2v.models.masking import make_mask_info
 from d2v.models.model import Data2VecModel, repeat_local
 from d2v.models.targets import build_targets
 
-from .config import ObjectiveConfig, coerce
-from .masks import NOISE, sample_generator
-
-INPUT_KEY = {"audio": "input_values", "image": "pixel_values", "text": "input_ids"}
+from .config import ObjectiveConfig
+from .sample_randomness import NOISE, sample_generator
 
 
 @dataclass
@@ -60,7 +60,7 @@ class StepOutput:
 
 def head_config(obj: ObjectiveConfig) -> RegressionHeadConfig | DecoderConfig:
     cls = RegressionHeadConfig if obj.version == "v1" else DecoderConfig
-    return coerce(cls, obj.head, "objective.head")
+    return from_dict(cls, obj.head, where="objective.head")
 
 
 def build_teacher(model: Data2VecModel, obj: ObjectiveConfig, max_steps: int) -> EMATeacher:
@@ -69,14 +69,7 @@ def build_teacher(model: Data2VecModel, obj: ObjectiveConfig, max_steps: int) ->
     if rules == "auto":
         modality = "vision" if model.modality == "image" and obj.version == "v1" else model.modality
         rules = f"{obj.version}_{modality}"
-    base = ema_preset(rules)
-    cfg = EMAConfig(
-        tau0=obj.ema.tau0,
-        tau_end=obj.ema.tau_end,
-        anneal_steps=obj.ema.anneal_steps or max_steps,
-        copy_keys=base.copy_keys,
-        copy_exclude=base.copy_exclude,
-    )
+    cfg = ema_preset(rules, tau0=obj.ema.tau0, tau_end=obj.ema.tau_end, anneal_steps=obj.ema.anneal_steps or max_steps)
     return EMATeacher(model, cfg)
 
 
@@ -141,7 +134,7 @@ class Pretrainer(nn.Module):
                 detached = FrontEndOutput(local.tokens.detach(), local.padding_mask, local.positions)
                 out = tm.encode_local(detached)
             else:
-                out = tm.encode(batch[INPUT_KEY[self.model.modality]])  # original tokens / full image
+                out = tm.encode(batch[PRIMARY_INPUT[self.model.modality]])  # original tokens / full image
         source = "block" if self.targets.source == "block" else "ffn"
         layers = [getattr(layer, source)[:, self.extra :] for layer in out.layers]
         with torch.autocast(device_type=batch["_device"].type, enabled=False):
@@ -153,7 +146,7 @@ class Pretrainer(nn.Module):
         device = batch["_device"]
         modality = self.model.modality
         mask: Tensor = batch["mask"]  # [B * M, T]
-        inputs = batch[INPUT_KEY[modality]]
+        inputs = batch[PRIMARY_INPUT[modality]]
         with self.autocast(device):
             local = self.model.local_features(batch["student_ids"] if modality == "text" and not self.v2 else inputs)
         y = self.make_targets(teacher, batch, local if self.teacher_uses_student_local() else None)  # [B, T, D]

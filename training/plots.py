@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from d2v.errors import NotFound
+from d2v.core.errors import NotFound
 
 from .metrics import METRICS_FILE, read_metrics
 

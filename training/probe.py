@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from d2v.errors import ConfigError, D2VError, NotFound
+from d2v.core.contract import PRIMARY_INPUT
+from d2v.core.errors import ConfigError, D2VError, NotFound
 
-from .data import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
+from .sources import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-INPUT_KEY = {"audio": "input_values", "image": "pixel_values", "text": "input_ids"}
 EXTENSIONS = {"audio": AUDIO_EXTENSIONS, "image": IMAGE_EXTENSIONS, "text": (".txt",)}
 
 
@@ -111,7 +111,7 @@ def load_encoder(checkpoint: str | Path | None, *, random_init: bool, config: st
         raise ConfigError("d2v probe: give a checkpoint directory (or --random-init --config RECIPE)")
     if random_init:
         torch.manual_seed(seed)
-        model = Data2VecModel.from_config(model_cfg)
+        model = Data2VecModel(model_cfg)
     return model.eval(), build_preprocessor(pre_cfg, base_dir), emb_cfg
 
 
@@ -129,7 +129,7 @@ def embed(model, pre, examples: list[Example], emb_cfg, *, batch_size: int = 16,
             log.warning("skipping %s: %s", ex.raw if not isinstance(ex.raw, str) else f"text #{i}", exc.message)
     if not items:
         raise NotFound("--data: no readable examples")
-    key = INPUT_KEY[model.modality]
+    key = PRIMARY_INPUT[model.modality]
     vectors = []
     for start in range(0, len(items), batch_size):
         arrays = pre.collate(items[start : start + batch_size])

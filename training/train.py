@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from d2v.errors import D2VError
+from d2v.core.errors import D2VError
 
 log = logging.getLogger(__name__)
 

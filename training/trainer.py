@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from d2v.errors import D2VError
+from d2v.core.errors import D2VError
 from d2v.models.config import default_embedding_config
 from d2v.models.model import Data2VecModel
 from d2v.models.preprocessing import (
@@ -36,12 +35,14 @@ from d2v.models.preprocessing.text import MASK_TOKEN
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, resolve_model_config, resolve_preprocessing_config
-from .data import ShardedSampler, build_loader, build_training_data, read_texts
+from .data import ShardedSampler, build_loader, build_training_data
 from .distributed import DistInfo, all_reduce_sum, barrier
-from .masks import MaskMaker
 from .metrics import MetricsLogger
+from .moments import Moments, plain
 from .objective import Pretrainer, build_teacher
 from .optim import build_optimizer, build_scheduler
+from .sample_randomness import MaskMaker
+from .sources import read_texts
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +81,24 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- setup
 
     def setup(self) -> Trainer:
-        cfg, info = self.cfg, self.info
+        """Build everything, in this order (the RNG draws depend on it), and resume if asked to."""
+        cfg = self.cfg
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        docs, tokenizer, pre = self._setup_preprocessing()
+        self._setup_model()
+        self._setup_optimizer()
+        self._setup_resume()
+        self._setup_ddp()
+        n_samples = self._setup_data(pre, tokenizer, docs)
+        self._setup_logging(n_samples)
+        return self
 
+    def _setup_preprocessing(self):
+        """Resolved configs and ``(docs, tokenizer, preprocessor)``; docs and tokenizer are None but for text."""
+        cfg = self.cfg
         docs, tokenizer, self.tokenizer_file = None, None, None
         if cfg.modality == "text":
             docs = read_texts(cfg.data.path, cfg.data.text_field)
@@ -94,47 +107,62 @@ class Trainer:
         self.model_cfg = resolve_model_config(cfg, vocab_size=vocab)
         self.pre_cfg = resolve_preprocessing_config(cfg, self.model_cfg)
         self.embedding_cfg = default_embedding_config(cfg.modality, self.model_cfg.transformer.depth)
-        pre = self._preprocessor(tokenizer)
+        return docs, tokenizer, self._preprocessor(tokenizer)
 
-        self.model = Data2VecModel.from_config(self.model_cfg).to(self.device)
+    def _setup_model(self) -> None:
+        """The student encoder, the pretraining objective (head + loss) around it, and the EMA teacher."""
+        cfg = self.cfg
+        self.model = Data2VecModel(self.model_cfg).to(self.device)
         self.pretrainer = Pretrainer(self.model, cfg.objective, seed=cfg.run.seed, precision=cfg.run.precision)
         self.pretrainer.to(self.device)
         self.teacher = build_teacher(self.model, cfg.objective, cfg.run.max_steps)
+
+    def _setup_optimizer(self) -> None:
+        """AdamW over the objective's parameters and the lr schedule."""
+        cfg = self.cfg
         self.optimizer = build_optimizer([self.pretrainer], cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.run.max_steps, cfg.optim)
+
+    def _setup_resume(self) -> None:
+        """Load the resume checkpoint (if any), seed this rank's dropout stream, then restore the saved RNGs."""
         if self.resume_from is not None:
             self._load(ckpt.resolve_resume(self.resume_from))
-        torch.manual_seed(cfg.run.seed + 1_000_003 * (info.rank + 1) + self.step)  # dropout stream per rank
+        torch.manual_seed(self.cfg.run.seed + 1_000_003 * (self.info.rank + 1) + self.step)  # dropout stream per rank
         if self.resume_from is not None:
             self._restore_rng()
 
+    def _setup_ddp(self) -> None:
+        """Wrap the objective in ``DistributedDataParallel`` when running distributed (``self.ddp``, else None)."""
         self.ddp = None
-        if info.distributed:
+        if self.info.distributed:
             layerdrop = self.model_cfg.transformer.layerdrop > 0
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.pretrainer, device_ids=device_ids, find_unused_parameters=layerdrop)
 
+    def _setup_data(self, pre, tokenizer, docs) -> int:
+        """Masks, the training dataset and this rank's loader from the data position; returns the sample count."""
+        cfg, info = self.cfg, self.info
         masks = self._mask_maker(tokenizer)
         data = build_training_data(cfg, pre, masks, self.model_cfg, docs)
         self.tokens_per_sample = data.tokens_per_sample
         sampler = ShardedSampler(
-            len(data.dataset),
-            batch_size=cfg.data.batch_size,
-            rank=info.rank,
-            world_size=info.world_size,
-            seed=cfg.run.seed,
-            shuffle=cfg.data.shuffle,
-            start_batch=self.micro_batches,
-        )
+            len(data.dataset), batch_size=cfg.data.batch_size, rank=info.rank, world_size=info.world_size,
+            seed=cfg.run.seed, shuffle=cfg.data.shuffle, start_batch=self.micro_batches,
+        )  # fmt: skip
         self.loader = build_loader(
             data.dataset, sampler, data.collate, num_workers=cfg.data.num_workers, seed=cfg.run.seed, rank=info.rank
         )
+        return len(data.dataset)
+
+    def _setup_logging(self, n_samples: int) -> None:
+        """Rank 0 writes ``train_config.yaml`` and logs the run's shape; every rank gets its ``MetricsLogger``."""
+        cfg, info = self.cfg, self.info
         if info.is_main:
-            (self.out_dir / "train_config.yaml").write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
+            (self.out_dir / "train_config.yaml").write_text(yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False))
             n_params = sum(p.numel() for p in self.model.parameters())
             log.info(
                 "%s %s: %.2fM encoder params, %d samples, global batch %d (%d x %d x %d), %d steps -> %s",
-                cfg.modality, cfg.objective.version, n_params / 1e6, len(data.dataset), self.global_batch,
+                cfg.modality, cfg.objective.version, n_params / 1e6, n_samples, self.global_batch,
                 cfg.data.batch_size, cfg.optim.grad_accum, info.world_size, cfg.run.max_steps, self.out_dir,
             )  # fmt: skip
         self.metrics = MetricsLogger(
@@ -145,7 +173,6 @@ class Trainer:
             tensorboard=cfg.run.tensorboard,
             progress=cfg.run.progress,
         )
-        return self
 
     @property
     def global_batch(self) -> int:
@@ -217,7 +244,7 @@ class Trainer:
             local_count = sum(int(b["mask"].sum()) for b in batches)
             count = all_reduce_sum(torch.tensor([float(local_count)]), self.info).item()
             norm = max(count, 1.0) / self.info.world_size  # DDP averages gradients over ranks
-            stats = _Moments(self.model.dim)
+            stats = Moments(self.model.dim)
             for i, batch in enumerate(batches):
                 sync = self.ddp is None or i == len(batches) - 1
                 with nullcontext() if sync else self.ddp.no_sync():
@@ -248,10 +275,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
-    def _reduce(self, stats: _Moments, count: float, grad_norm: float, tau: float, dt: float, batches) -> dict:
+    def _reduce(self, stats: Moments, count: float, grad_norm: float, tau: float, dt: float, batches) -> dict:
         """One all-reduce of the step's sums -> global loss, target/prediction std (fairseq ``compute_var``)."""
         packed = all_reduce_sum(stats.pack(), self.info)
-        loss_sum, target_std, pred_std = _Moments.unpack(packed, self.model.dim)
+        loss_sum, target_std, pred_std = Moments.unpack(packed, self.model.dim)
         clones = self.pretrainer.clones
         samples = self.global_batch
         loss = loss_sum / max(count, 1.0)
@@ -315,7 +342,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng,
-            "config": _plain(self.cfg.to_dict()),
+            "config": plain(self.cfg.to_dict()),
         }
         source = {"trainer": "d2v train", "run": str(self.out_dir), "step": self.step, "recipe": self.cfg.name}
         return ckpt.save_training_checkpoint(
@@ -369,46 +396,3 @@ class Trainer:
             except D2VError as exc:
                 log.warning("no plot: %s", exc.message)
         self._loader_iter = None
-
-
-class _Moments:
-    """Per-step sums for the loss and the collapse statistics: counts, per-dim sums and squares (fp64)."""
-
-    def __init__(self, dim: int) -> None:
-        self.loss_sum = 0.0
-        self.t = torch.zeros(1 + 2 * dim, dtype=torch.float64)
-        self.p = torch.zeros(1 + 2 * dim, dtype=torch.float64)
-
-    @staticmethod
-    def _acc(buf: torch.Tensor, x: torch.Tensor) -> None:
-        x = x.double().cpu()
-        buf += torch.cat([torch.tensor([float(x.shape[0])], dtype=torch.float64), x.sum(0), x.square().sum(0)])
-
-    def add(self, out) -> None:
-        self.loss_sum += float(out.loss_sum)
-        self._acc(self.t, out.target)
-        self._acc(self.p, out.pred)
-
-    def pack(self) -> torch.Tensor:
-        return torch.cat([torch.tensor([self.loss_sum], dtype=torch.float64), self.t, self.p])
-
-    @staticmethod
-    def unpack(packed: torch.Tensor, dim: int) -> tuple[float, float, float]:
-        def std(buf: torch.Tensor) -> float:
-            n, s, ss = buf[0], buf[1 : 1 + dim], buf[1 + dim :]
-            if n < 2:
-                return math.nan
-            var = (ss - s * s / n) / (n - 1)
-            return float(torch.sqrt(var.clamp_min(0) + 1e-6).mean())
-
-        size = 1 + 2 * dim
-        return float(packed[0]), std(packed[1 : 1 + size]), std(packed[1 + size :])
-
-
-def _plain(value: Any) -> Any:
-    """Tuples -> lists for YAML/JSON."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value

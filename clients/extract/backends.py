@@ -8,7 +8,6 @@ by item so one corrupt file only fails itself.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import queue
 import threading
@@ -19,7 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from d2v.errors import ConfigError, D2VError, NotFound
+from d2v.core.contract import TOKEN_MASK_OUTPUT, TOKENS_OUTPUT, feeds, output_for, real_tokens
+from d2v.core.errors import ConfigError, D2VError, NotFound
+from d2v.core.files import sha256_file
 
 from .inputs import Item
 from .shards import Row
@@ -65,10 +66,6 @@ def read_raw(item: Item) -> Any:
     return Path(item.path).read_bytes()
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def per_item_fallback(items: list[Item], run: Callable[[list[Item]], list[Row]], reason: str) -> list[Row]:
     """Retry a rejected batch one item at a time (only when it had more than one item)."""
     if len(items) == 1:
@@ -84,7 +81,7 @@ class LocalModel:
 
     def __init__(self, manifest: Any, model_dir: Path, options: Options, workers: int) -> None:
         from d2v.models.preprocessing import build_preprocessor
-        from d2v.server.postprocess import shape_vector
+        from d2v.runtime.postprocess import shape_vector
 
         self.manifest = manifest
         self.model_dir = model_dir
@@ -95,7 +92,7 @@ class LocalModel:
         if self.pooling == "cls" and not manifest.has_cls:
             raise ConfigError(f"model {manifest.name!r} has no cls pooling; use --pooling mean")
         dims = options.dimensions or manifest.embedding_dim
-        sha = file_sha256(model_dir / "model.json")
+        sha = sha256_file(model_dir / "model.json")
         self.ref = ModelRef(manifest.name, manifest.modality, dims, sha, str(model_dir))
         self._threads = max(1, (os.cpu_count() or 2) // max(1, workers))
         self._free: queue.Queue[tuple[Any, asyncio.AbstractEventLoop]] = queue.Queue()
@@ -106,7 +103,7 @@ class LocalModel:
     def _acquire(self) -> tuple[Any, asyncio.AbstractEventLoop]:
         with self._lock:
             if self._free.empty() and self._made < self._workers:
-                from d2v.server.engines.onnxruntime import OnnxRuntimeEngine
+                from d2v.runtime.engines.onnxruntime import OnnxRuntimeEngine
 
                 self._made += 1
                 engine = OnnxRuntimeEngine(self.manifest, self.model_dir, intra_op_threads=self._threads)
@@ -117,8 +114,6 @@ class LocalModel:
 
     def embed(self, items: list[Item]) -> list[Row]:
         """Rows for ``items`` (errors captured per item)."""
-        from d2v.export.manifest import CLS_OUTPUT, MEAN_OUTPUT, TOKEN_MASK_OUTPUT, TOKENS_OUTPUT
-
         rows: dict[int, Row] = {}
         decoded, good = [], []
         for i, item in enumerate(items):
@@ -128,7 +123,7 @@ class LocalModel:
             except (D2VError, OSError, UnicodeDecodeError, ValueError) as exc:
                 rows[i] = self._row(item, error=_reason(exc))
         if good:
-            pooled = CLS_OUTPUT if self.pooling == "cls" else MEAN_OUTPUT
+            pooled = output_for(self.pooling)
             wanted = [pooled, TOKEN_MASK_OUTPUT] + ([TOKENS_OUTPUT] if self.options.tokens else [])
             try:
                 out = self._run(self.preprocessor.collate(decoded), wanted)
@@ -137,18 +132,15 @@ class LocalModel:
                 for i, row in zip(good, sub, strict=True):
                     rows[i] = row if row.model else self._row(items[i], error=row.error)
             else:
+                tokens = real_tokens(out[TOKENS_OUTPUT], out[TOKEN_MASK_OUTPUT]) if self.options.tokens else None
                 for k, i in enumerate(good):
-                    rows[i] = self._row(items[i], vector=out[pooled][k], tokens=_tokens(out, k, self.options.tokens))
+                    rows[i] = self._row(items[i], vector=out[pooled][k], tokens=tokens[k] if tokens else None)
         return [rows[i] for i in range(len(items))]
 
     def _run(self, inputs: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
-        from d2v.export.manifest import TOP_K_INPUT
-
-        if self.manifest.supports_top_k:  # graphs exported with per-layer selection take the K to average
-            inputs[TOP_K_INPUT] = np.array([self.manifest.top_k], dtype=np.int64)
         engine, loop = self._acquire()
         try:
-            return loop.run_until_complete(engine.embed(inputs, wanted))
+            return loop.run_until_complete(engine.embed(feeds(self.manifest, inputs), wanted))
         finally:
             self._free.put((engine, loop))
 
@@ -168,14 +160,6 @@ class LocalModel:
             loop.close()
 
 
-def _tokens(out: dict[str, np.ndarray], k: int, wanted: bool) -> np.ndarray | None:
-    from d2v.export.manifest import TOKEN_MASK_OUTPUT, TOKENS_OUTPUT
-
-    if not wanted:
-        return None
-    return out[TOKENS_OUTPUT][k][out[TOKEN_MASK_OUTPUT][k] == 1]
-
-
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, D2VError):
         return exc.message
@@ -188,7 +172,7 @@ def resolve_models(store: Path, names: list[str]) -> dict[str, tuple[Any, Path]]
     Raises:
         NotFound, ConfigError: an unknown model, or two models for one modality.
     """
-    from d2v.server.store import discover
+    from d2v.runtime.store import discover
 
     found: dict[str, tuple[Any, Path]] = {}
     for manifest, model_dir in discover(store, names):

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-DEFAULT_SERVER = "http://127.0.0.1:8080"
-SERVER_ENV = "D2V_SERVER_URL"
-API_KEY_ENV = "D2V_API_KEY"
+from .connection import API_KEY_ENV, DEFAULT_SERVER, SERVER_ENV
 
 
 def register(subparsers: Any) -> None:
@@ -84,14 +81,6 @@ def _register_extract(subparsers: Any) -> None:
     p.add_argument("--no-plot", dest="plot", action="store_false", default=True, help="skip the PCA PNG")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
     p.set_defaults(func=_run_extract)
-
-
-def server_url(args: argparse.Namespace) -> str:
-    return args.server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
-
-
-def api_key(args: argparse.Namespace) -> str | None:
-    return args.api_key or os.environ.get(API_KEY_ENV) or None
 
 
 def _run_embed(args: argparse.Namespace) -> int:

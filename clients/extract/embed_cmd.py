@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 
-from d2v.errors import InvalidInput, Unauthorized, Unavailable
+from d2v.core.errors import InvalidInput, Unauthorized, Unavailable
 from d2v_client import AuthenticationError, BadRequestError, Client, D2VClientError, RetryPolicy
 
-from .cli import api_key, server_url
+from .connection import api_key, server_url
 
 _MODALITY_WORDS = ("text", "image", "audio")
 

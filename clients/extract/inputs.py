@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from d2v.errors import ConfigError, NotFound
+from d2v.core.errors import ConfigError, NotFound
 
 SUFFIXES = {
     "image": {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"},

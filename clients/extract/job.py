@@ -12,11 +12,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from d2v.errors import ConfigError
+from d2v.core.errors import ConfigError
+from d2v.core.paths import default_store
 
 from . import report
 from .backends import Backend, LocalBackend, ModelRef, Options, ServerBackend
-from .cli import api_key, server_url
+from .connection import api_key, server_url
 from .inputs import Item, read_inputs
 from .shards import Row, ShardStore
 
@@ -33,8 +34,6 @@ def default_workers(engine: str) -> int:
 def model_store(args: argparse.Namespace) -> Path:
     if args.store:
         return Path(args.store).expanduser()
-    from d2v.server.settings import default_store
-
     return default_store()
 
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from d2v.errors import NotFound
+from d2v.core.errors import NotFound
 
 from .backends import LocalModel, ModelRef, Options, resolve_models
 from .inputs import Item
@@ -36,7 +36,7 @@ class EmbedActor:
     """A Ray Data callable class: one ONNX Runtime session per actor, kept across batches."""
 
     def __init__(self, manifest: dict[str, Any], model_dir: str, options: Options) -> None:
-        from d2v.export.manifest import ModelManifest
+        from d2v.core.manifest import ModelManifest
 
         self.model = LocalModel(ModelManifest.from_dict(manifest), Path(model_dir), options, workers=1)
 

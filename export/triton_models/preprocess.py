@@ -24,7 +24,7 @@ for _name in [m for m in sys.modules if m == "d2v" or m.startswith("d2v.")]:
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from d2v.errors import D2VError  # noqa: E402
+from d2v.core.errors import D2VError  # noqa: E402
 from d2v.models.preprocessing import build_preprocessor  # noqa: E402
 
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from d2v.models.encoders import FrontEndOutput, MaskMode, gather_tokens, visible_indices
+from d2v.models.encoders import FrontEndOutput, MaskMode
+from d2v.models.masking import gather_kept, visible_indices
 
 
 class Fp32LayerNorm(nn.LayerNorm):
@@ -159,8 +160,8 @@ class AudioEncoder(nn.Module):
         positions = None
         if mask is not None and mask_mode == "remove":
             positions = visible_indices(mask)
-            x = gather_tokens(x, positions)
-            padding_mask = gather_tokens(padding_mask, positions) if padding_mask is not None else None
+            x = gather_kept(x, positions)
+            padding_mask = gather_kept(padding_mask, positions) if padding_mask is not None else None
         return FrontEndOutput(self.dropout(self.context_norm(x)), padding_mask, positions)
 
     def forward(

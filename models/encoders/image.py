@@ -7,8 +7,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from d2v.errors import InvalidInput
-from d2v.models.encoders import FrontEndOutput, MaskMode, gather_tokens, visible_indices
+from d2v.core.errors import InvalidInput
+from d2v.models.encoders import FrontEndOutput, MaskMode
+from d2v.models.masking import gather_kept, visible_indices
 
 
 def sincos_positions_2d(dim: int, grid_size: int) -> Tensor:
@@ -95,7 +96,7 @@ class ImageEncoder(nn.Module):
         positions = None
         if mask is not None and mask_mode == "remove":
             kept = visible_indices(mask)
-            x = gather_tokens(x, kept)
+            x = gather_kept(x, kept)
             positions = torch.cat([kept.new_zeros(kept.shape[0], 1), kept + 1], dim=1)
         x = torch.cat([cls, x], dim=1)
         return FrontEndOutput(self.dropout(self.context_norm(x)), None, positions)

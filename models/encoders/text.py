@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from d2v.errors import InvalidInput
-from d2v.models.encoders import FrontEndOutput, MaskMode, gather_tokens, visible_indices
+from d2v.core.errors import InvalidInput
+from d2v.models.encoders import FrontEndOutput, MaskMode
+from d2v.models.masking import gather_kept, visible_indices
 
 
 class TextEncoder(nn.Module):
@@ -66,8 +67,8 @@ class TextEncoder(nn.Module):
         if mask_mode == "replace":
             raise InvalidInput("text is masked on token ids (replace them with <mask>); use mask_mode='remove' here")
         kept = visible_indices(mask)
-        padding_mask = gather_tokens(local.padding_mask, kept) if local.padding_mask is not None else None
-        return FrontEndOutput(gather_tokens(local.tokens, kept), padding_mask, kept)
+        padding_mask = gather_kept(local.padding_mask, kept) if local.padding_mask is not None else None
+        return FrontEndOutput(gather_kept(local.tokens, kept), padding_mask, kept)
 
     def forward(
         self,

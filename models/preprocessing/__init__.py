@@ -14,7 +14,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from d2v.errors import ConfigError
+from d2v.core.errors import ConfigError
 
 from .audio import AudioInfo, AudioPreprocessor, crop, duration_seconds, normalize_waveform, probe
 from .base import Preprocessor

@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from d2v.errors import ConfigError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from d2v.core.errors import ConfigError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 from .base import PreprocessorBase, check_batch, is_bytes_like, is_path_like, open_binary
 from .config import AudioPreprocessingConfig

@@ -14,9 +14,8 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 import numpy as np
 
-from d2v.errors import InvalidInput, NotFound
+from d2v.core.errors import InvalidInput, NotFound
 
-BytesLike = bytes | bytearray | memoryview
 PathLike = str | os.PathLike
 
 

@@ -7,8 +7,11 @@ Torch-free.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from d2v.core.config import from_dict, to_dict
+from d2v.core.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,23 +53,12 @@ _BY_MODALITY = {
 
 
 def preprocessing_to_dict(cfg: PreprocessingConfig) -> dict[str, Any]:
-    return asdict(cfg)
+    return to_dict(cfg)
 
 
 def preprocessing_from_dict(data: dict[str, Any]) -> PreprocessingConfig:
-    """Rebuild from JSON; unknown keys are an error (a typo must not silently become a default)."""
-    from d2v.errors import ConfigError
-
-    modality = data.get("modality")
+    """Rebuild from JSON: the ``modality`` key picks the class, the project's converter does the rest."""
+    modality = data.get("modality") if isinstance(data, dict) else None
     if modality not in _BY_MODALITY:
         raise ConfigError(f"preprocessing.modality must be one of {sorted(_BY_MODALITY)}, got {modality!r}")
-    cls = _BY_MODALITY[modality]
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown preprocessing field(s) for {modality}: {unknown}")
-    values = dict(data)
-    for key in ("mean", "std"):
-        if key in values:
-            values[key] = tuple(float(v) for v in values[key])
-    return cls(**values)
+    return from_dict(_BY_MODALITY[modality], data, where="preprocessing")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from d2v.errors import ConfigError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from d2v.core.errors import ConfigError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 from .base import PreprocessorBase, check_batch, is_bytes_like, is_path_like, open_binary
 from .config import ImagePreprocessingConfig

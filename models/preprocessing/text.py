@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from d2v.errors import ConfigError, InvalidInput, NotFound, PayloadTooLarge
+from d2v.core.errors import ConfigError, InvalidInput, NotFound, PayloadTooLarge
 
 from .base import PreprocessorBase, check_batch
 from .config import TextPreprocessingConfig

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 
-from d2v.errors import InvalidInput, PayloadTooLarge
+from d2v.core.errors import InvalidInput, PayloadTooLarge
+from d2v.runtime.postprocess import shape_vector
 
-from ..pipeline import ServedModel
-from ..postprocess import shape_vector
+from ..served_model import ServedModel
 from ..settings import ServerSettings
 
 

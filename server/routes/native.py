@@ -11,10 +11,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
-from d2v.errors import InvalidInput, UnsupportedMediaType
+from d2v.core.errors import InvalidInput, UnsupportedMediaType
+from d2v.runtime.postprocess import encode
 
 from ..auth import require_api_key
-from ..postprocess import encode
 from ..schemas import EmbedOptions, EmbedRequest, EmbedResponse, ModalityName
 from .common import check_count, embed_and_shape, resolve_media
 

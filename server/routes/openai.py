@@ -13,12 +13,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from d2v.errors import InvalidInput
+from d2v.core.errors import InvalidInput
+from d2v.runtime.postprocess import encode
 
 from ..auth import require_api_key
-from ..pipeline import TokenIds
-from ..postprocess import encode
 from ..schemas import EmbeddingsRequest, EmbeddingsResponse, MediaItem
+from ..served_model import TokenIds
 from .common import check_count, embed_and_shape, resolve_media
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["openai"])

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from d2v import __version__
-from d2v.errors import Unavailable
+from d2v.core.errors import Unavailable
 
 from ..auth import require_api_key
 from ..schemas import ModelCard, ModelList

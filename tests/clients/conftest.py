@@ -95,26 +95,13 @@ def sleeps() -> Sleeps:
 
 
 # ------------------------------------------------------------------------------------- the real server
-def _server_testkit():
-    """The server engineer's test kit (tiny contract-following ONNX models), loaded by file path."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    if "server_testkit" not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "server" / "testkit.py"
-        spec = importlib.util.spec_from_file_location("server_testkit", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["server_testkit"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["server_testkit"]
-
-
 @pytest.fixture(scope="session")
 def testkit():
     pytest.importorskip("d2v.server.app")
     pytest.importorskip("onnxruntime")
-    return _server_testkit()
+    import testkit as kit
+
+    return kit
 
 
 @pytest.fixture(scope="session")

@@ -129,9 +129,9 @@ def test_ray_engine(data_dir, model_store, tmp_path):
 @pytest.fixture
 def slow_gateway(testkit, model_store):
     """A server whose engine takes 30 ms per batch, so an extraction can be killed half-way."""
-    from d2v.export.manifest import ModelManifest
+    from d2v.core.manifest import ModelManifest
+    from d2v.runtime.engines.fake import FakeEngine
     from d2v.server.app import create_app
-    from d2v.server.engines.fake import FakeEngine
 
     engine = FakeEngine(ModelManifest.load(model_store / "tiny-text"), model_store / "tiny-text", delay_s=0.03)
     with testkit.live_server(create_app(testkit.make_settings(model_store), engines=[engine])) as (url, _):

@@ -63,10 +63,10 @@ def test_sdk_surfaces_server_message(live_gateway):
 @pytest.fixture
 def overloaded_gateway(testkit, model_store):
     """A server whose engine answers ``Overloaded`` (-> 429 + Retry-After) for its first two batches."""
-    from d2v.errors import Overloaded
-    from d2v.export.manifest import ModelManifest
+    from d2v.core.errors import Overloaded
+    from d2v.core.manifest import ModelManifest
+    from d2v.runtime.engines.fake import FakeEngine
     from d2v.server.app import create_app
-    from d2v.server.engines.fake import FakeEngine
 
     class Flaky(FakeEngine):
         failures = 0

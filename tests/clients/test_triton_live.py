@@ -24,7 +24,7 @@ def _reference(export_dir) -> dict[str, np.ndarray]:
     """In-process ONNX Runtime on the torch-free preprocessing: the raw d2v_* outputs."""
     import onnxruntime as ort
 
-    from d2v.export.manifest import ModelManifest
+    from d2v.core.manifest import ModelManifest
     from d2v.models.preprocessing import build_preprocessor
 
     m = ModelManifest.load(export_dir)

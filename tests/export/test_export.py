@@ -27,7 +27,8 @@ def leftovers(parent, name):
 def test_layout_manifest_and_parity(exports, checkpoints, modality):
     import onnx
 
-    from d2v.export.manifest import INPUT_NAMES, ModelManifest, output_names
+    from d2v.core.contract import INPUT_NAMES, output_names
+    from d2v.core.manifest import ModelManifest
     from d2v.export.onnx_export import graph_io
 
     out = exports[modality]
@@ -63,7 +64,7 @@ def test_layout_manifest_and_parity(exports, checkpoints, modality):
 
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_variants_meet_their_bars(exports, modality):
-    from d2v.export.manifest import ModelManifest
+    from d2v.core.manifest import ModelManifest
 
     m = ModelManifest.load(exports[modality])
     assert m.variants["fp16"].cosine_vs_fp32 >= 0.999 and m.variants["int8"].cosine_vs_fp32 >= 0.99
@@ -101,7 +102,7 @@ def test_onnx_equals_torch_on_real_preprocessing(exports, checkpoints):
 def test_options_top_k_normalize_cls_dynamic_top_k(tmp_path, checkpoints):
     import onnxruntime as ort
 
-    from d2v.export.manifest import ModelManifest
+    from d2v.core.manifest import ModelManifest
 
     out = tmp_path / "opts"
     argv = ["export", checkpoints["text"], out, "--top-k", "3", "--normalize", "--pooling", "cls", "--dynamic-top-k",
@@ -166,7 +167,7 @@ def test_bf16_variant(tmp_path, checkpoints):
 
     if not cpu_has_bf16():
         pytest.skip("this CPU has no AMX / AVX512-BF16 (OpenVINO reports no BF16 capability)")
-    from d2v.export.manifest import ModelManifest
+    from d2v.core.manifest import ModelManifest
 
     out = tmp_path / "bf16"
     assert cli("export", checkpoints["image"], out, "--variants", "bf16", "--no-optimize") == 0

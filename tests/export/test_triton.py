@@ -18,7 +18,7 @@ def parse(path):
 
 
 def manifest(path):
-    from d2v.export.manifest import ModelManifest
+    from d2v.core.manifest import ModelManifest
 
     return ModelManifest.load(path)
 

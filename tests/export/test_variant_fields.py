@@ -3,32 +3,17 @@ chosen variant of a real export (``d2v serve --variant``) within that variant's 
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
+import testkit
 from conftest import MODALITIES
 
 pytest.importorskip("onnxruntime")
 
 
-def _server_testkit():
-    """The server tests' kit (ASGI client, settings), loaded by path under the name its conftest uses."""
-    import importlib.util
-    from pathlib import Path
-
-    if "server_testkit" not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "server" / "testkit.py"
-        spec = importlib.util.spec_from_file_location("server_testkit", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["server_testkit"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["server_testkit"]
-
-
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_exporter_fills_engine_and_precision(exports, modality):
-    from d2v.export.manifest import ModelManifest
+    from d2v.core.manifest import ModelManifest
     from d2v.export.variants import cpu_has_bf16
 
     m = ModelManifest.load(exports[modality])
@@ -50,7 +35,7 @@ def test_gateway_serves_the_int8_export(exports):
 
     from d2v.server.app import create_app
 
-    tk = _server_testkit()
+    tk = testkit
     store = exports["text"].parent
     texts = ["hello int8", "data2vec embeds text, images and speech with one objective"]
 

@@ -18,7 +18,7 @@ def make_tiny_model(modality: str, version: int = 1, seed: int = 0, **transforme
     cfg = preset(modality, "tiny", version)
     if transformer_overrides:
         cfg = dataclasses.replace(cfg, transformer=dataclasses.replace(cfg.transformer, **transformer_overrides))
-    return Data2VecModel.from_config(cfg).eval()
+    return Data2VecModel(cfg).eval()
 
 
 def make_tiny_batch(modality: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from d2v.errors import ConfigError, NotFound
+from d2v.core.errors import ConfigError, NotFound
 from d2v.models.checkpoint import load_checkpoint, save_checkpoint
 from d2v.models.config import EmbeddingConfig
 from d2v.models.preprocessing.config import (

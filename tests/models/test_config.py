@@ -4,15 +4,14 @@ import sys
 
 import pytest
 
-from d2v.errors import ConfigError
+from d2v.core.config import from_dict, to_dict
+from d2v.core.errors import ConfigError
 from d2v.models.config import (
     Data2VecConfig,
     EmbeddingConfig,
     TransformerConfig,
     default_embedding_config,
-    from_dict,
     preset,
-    to_dict,
 )
 
 
@@ -41,7 +40,7 @@ def test_unknown_field_is_named():
     data = to_dict(preset("audio", "tiny"))
     data["transformer"]["dimm"] = 3
     with pytest.raises(ConfigError, match=r"model\.transformer.*dimm"):
-        from_dict(Data2VecConfig, data, path="model")
+        from_dict(Data2VecConfig, data, where="model")
     with pytest.raises(ConfigError, match="pooling"):
         from_dict(EmbeddingConfig, {"top_k": 2, "pooling": "max"})
     with pytest.raises(ConfigError, match="depth"):

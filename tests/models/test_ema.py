@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from d2v.errors import ConfigError
+from d2v.core.errors import ConfigError
 from d2v.models.ema import EMAConfig, EMATeacher, ema_preset, matches_any
 
 
@@ -37,7 +37,7 @@ def test_decay_schedule() -> None:
     assert t.decay_at(500) == pytest.approx(0.99945)
     assert t.decay_at(1000) == pytest.approx(0.9999)
     assert t.decay_at(10_000) == pytest.approx(0.9999)
-    const = EMATeacher(Tiny(), ema_preset("v1_vision"))
+    const = EMATeacher(Tiny(), ema_preset("v1_vision", tau0=0.9998, tau_end=0.9998, anneal_steps=0))
     assert const.decay_at(0) == const.decay_at(10**6) == 0.9998
 
 
@@ -143,25 +143,28 @@ def test_missing_student_params_raise_extra_are_ignored() -> None:
         t.update(nn.Sequential(nn.Linear(4, 4)), 0)
 
 
+SCHEDULE = {"tau0": 0.999, "tau_end": 0.99999, "anneal_steps": 123}
+
+
 def test_presets_and_patterns() -> None:
     assert matches_any("front_end.pos_conv.0.weight", ("front_end",))
     assert not matches_any("front_end_x.weight", ("front_end",))
     assert matches_any("a.pos_conv.0.weight", ("*.pos_conv.*",))
-    v1a = ema_preset("v1_audio")
+    v1a = ema_preset("v1_audio", tau0=0.999, tau_end=0.9999, anneal_steps=30_000)
     assert (v1a.tau0, v1a.tau_end, v1a.anneal_steps, v1a.copy_keys) == (0.999, 0.9999, 30_000, ("front_end",))
-    v2a = ema_preset("v2_audio", anneal_steps=123)
+    v2a = ema_preset("v2_audio", **SCHEDULE)
     assert v2a.anneal_steps == 123 and v2a.copy_exclude == ("front_end.pos_conv", "front_end.context_norm")
     t = EMATeacher(Tiny(), v2a)
     params = dict(Tiny().named_parameters())
     assert t.is_copied("front_end.proj.weight", params["front_end.proj.weight"])
     assert not t.is_copied("front_end.pos_conv.weight", params["front_end.pos_conv.weight"])
     assert not t.is_copied("front_end.context_norm.bias", params["front_end.context_norm.bias"])
-    v1 = EMATeacher(Tiny(), ema_preset("v1_audio"))
+    v1 = EMATeacher(Tiny(), ema_preset("v1_audio", **SCHEDULE))
     assert v1.is_copied("front_end.pos_conv.weight", params["front_end.pos_conv.weight"])  # ema_layers_only
     assert not v1.is_copied("front_end.context_norm.weight", params["front_end.context_norm.weight"])
     assert not t.is_copied("transformer.0.weight", params["transformer.0.weight"])
-    assert ema_preset("v2_image").copy_keys == ()
-    cfg = EMAConfig(**dataclasses.asdict(ema_preset("v1_text")) | {"copy_keys": ["front_end"]})
+    assert ema_preset("v2_image", **SCHEDULE).copy_keys == ()
+    cfg = EMAConfig(**dataclasses.asdict(ema_preset("v1_text", **SCHEDULE)) | {"copy_keys": ["front_end"]})
     assert cfg.copy_keys == ("front_end",)
     with pytest.raises(ConfigError):
         EMAConfig(tau0=1.5)

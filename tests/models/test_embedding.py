@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2v.errors import InvalidInput
+from d2v.core.errors import InvalidInput
 from d2v.models.config import EmbeddingConfig
 from d2v.models.embedding import extract_embeddings, layer_average
 from d2v.models.targets import instance_norm

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from d2v.errors import InvalidInput
-from d2v.models.encoders import gather_tokens, visible_indices
+from d2v.core.errors import InvalidInput
 from d2v.models.encoders.audio import AudioEncoder
 from d2v.models.encoders.image import ImageEncoder, sincos_positions_2d
 from d2v.models.encoders.text import TextEncoder
+from d2v.models.masking import gather_kept, visible_indices
 
 CONV = ((16, 10, 5),) + ((16, 3, 2),) * 4 + ((16, 2, 2),) * 2
 
@@ -124,6 +124,6 @@ def test_visible_indices_keep_order_and_need_equal_counts():
     mask = torch.tensor([[True, False, True, False, False], [False, False, True, True, False]])
     assert visible_indices(mask).tolist() == [[1, 3, 4], [0, 1, 4]]
     x = torch.arange(10.0).view(2, 5)
-    assert gather_tokens(x, visible_indices(mask)).tolist() == [[1.0, 3.0, 4.0], [5.0, 6.0, 9.0]]
-    with pytest.raises(ValueError, match="same number"):
+    assert gather_kept(x, visible_indices(mask)).tolist() == [[1.0, 3.0, 4.0], [5.0, 6.0, 9.0]]
+    with pytest.raises(InvalidInput, match="same number"):
         visible_indices(torch.tensor([[True, False], [False, False]]))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from d2v.errors import InvalidInput
+from d2v.core.errors import InvalidInput
 from d2v.models.loss import d2v_loss, feature_std
 
 

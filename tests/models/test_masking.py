@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from d2v.errors import InvalidInput
+from d2v.core.errors import InvalidInput
 from d2v.models.masking import (
     beit_block_mask,
     bert_mask,

@@ -49,7 +49,7 @@ def test_audio_padded_row_equals_unpadded_run_with_zero_padding_pos_conv(tiny_ba
     cfg = preset("audio", "tiny")
     cfg = dataclasses.replace(cfg, audio=dataclasses.replace(cfg.audio, pos_conv_zero_padding=True))
     torch.manual_seed(0)
-    model = Data2VecModel.from_config(cfg).eval()
+    model = Data2VecModel(cfg).eval()
     wave, attention_mask = tiny_batch("audio")
     out = model.encode(wave, attention_mask == 0)
     alone = model.encode(wave[2:, :2203])
@@ -111,7 +111,7 @@ def test_base_sizes_match_reference_parameter_counts():
     counts = {}
     for modality in ("audio", "text"):
         with torch.device("meta"):
-            model = Data2VecModel.from_config(preset(modality, "base"))
+            model = Data2VecModel(preset(modality, "base"))
         counts[modality] = sum(p.numel() for p in model.parameters())
     assert 93.0e6 < counts["audio"] < 93.5e6
     assert 124.0e6 < counts["text"] < 125.0e6

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2v.errors import ConfigError
+from d2v.core.errors import ConfigError
 from d2v.models.targets import build_targets
 
 # Two layers, B=1, T=3, D=2.

@@ -6,7 +6,7 @@ import base64
 
 import numpy as np
 import pytest
-from server_testkit import DIM, TEXT_MAX_LENGTH, png_bytes, wav_bytes
+from testkit import DIM, TEXT_MAX_LENGTH, png_bytes, wav_bytes
 
 pytestmark = pytest.mark.anyio
 

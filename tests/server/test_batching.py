@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from d2v.errors import InvalidInput, Overloaded, Unavailable
+from d2v.core.errors import InvalidInput, Overloaded, Unavailable
 from d2v.server.batching import DynamicBatcher
 
 pytestmark = pytest.mark.anyio

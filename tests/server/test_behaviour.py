@@ -10,12 +10,12 @@ import time
 import httpx
 import numpy as np
 import pytest
-from server_testkit import asgi_client, live_server, make_settings
+from testkit import asgi_client, live_server, make_settings
 
-from d2v.errors import Unavailable
-from d2v.export.manifest import ModelManifest
+from d2v.core.errors import Unavailable
+from d2v.core.manifest import ModelManifest
+from d2v.runtime.engines.fake import FakeEngine
 from d2v.server.app import create_app
-from d2v.server.engines.fake import FakeEngine
 
 pytestmark = pytest.mark.anyio
 
@@ -127,7 +127,7 @@ async def test_body_limit_before_parsing(store):
 
 
 async def test_image_pixel_limit(store):
-    from server_testkit import png_bytes
+    from testkit import png_bytes
 
     app = create_app(make_settings(store, models=["tiny-image"], max_image_pixels=1000))
     async with asgi_client(app) as client:

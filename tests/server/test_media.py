@@ -7,7 +7,7 @@ import base64
 import httpx
 import pytest
 
-from d2v.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from d2v.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from d2v.server.media import MediaResolver, decode_data_uri, url_allowed
 from d2v.server.settings import ServerSettings
 

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import openai
 import pytest
-from server_testkit import live_server, make_settings, png_bytes
+from testkit import live_server, make_settings, png_bytes
 
 from d2v.server.app import create_app
 

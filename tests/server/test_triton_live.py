@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from server_testkit import asgi_client, make_settings
+from testkit import asgi_client, make_settings
 
 from d2v.server.app import create_app
 
@@ -94,7 +94,7 @@ def _success_counts(server, models: list[str]) -> dict[str, int]:
 
 @pytest.mark.parametrize(("mode", "protocol"), MODES, ids=[f"{m}-{p}" for m, p in MODES])
 async def test_gateway_in_triton_mode_equals_embedded_engine(triton_server, tiny_exports, embedded, mode, protocol):
-    from d2v.export.manifest import ModelManifest
+    from d2v.core.manifest import ModelManifest
 
     manifests = {m: ModelManifest.load(tiny_exports[m]) for m in tf.MODALITIES}
     target = {m: (mf.triton.encoder if mode == "encoder" else mf.triton.ensemble) for m, mf in manifests.items()}

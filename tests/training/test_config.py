@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from d2v.errors import ConfigError, NotFound
+from d2v.core.errors import ConfigError, NotFound
 from d2v.training.config import (
     RECIPES_DIR,
     apply_override,
@@ -76,13 +76,20 @@ def test_overrides_are_typed():
     cfg = load_config(
         "tiny-audio-v1",
         ["optim.lr=5e-4", "optim.betas=[0.9,0.95]", "run.max_steps=7", "objective.collapse.stop=true",
-         "model.transformer.depth=2", "model.targets.top_k=2", "data.crop_scale=0.5,1.0"],
+         "model.transformer.depth=2", "model.targets.top_k=2", "data.crop_scale=[0.5,1.0]"],
     )  # fmt: skip
     assert cfg.optim.lr == 5e-4 and isinstance(cfg.optim.lr, float)  # YAML reads 5e-4 as a string
     assert cfg.optim.betas == (0.9, 0.95)
     assert cfg.run.max_steps == 7 and cfg.objective.collapse.stop is True
     assert cfg.data.crop_scale == (0.5, 1.0)
     assert resolve_model_config(cfg).transformer.depth == 2
+    # Strict: text is never guessed into another type; the error names the key and the type it expected.
+    with pytest.raises(ConfigError, match=r"data\.crop_scale: expected a list"):
+        load_config("tiny-audio-v1", ["data.crop_scale=0.5,1.0"])
+    with pytest.raises(ConfigError, match=r"run\.max_steps: expected int, got 7\.5"):
+        load_config("tiny-audio-v1", ["run.max_steps=7.5"])
+    with pytest.raises(ConfigError, match=r"data\.shuffle: expected bool, got 'yes'"):
+        load_config("tiny-audio-v1", ["data.shuffle='yes'"])
 
 
 @pytest.mark.parametrize(

@@ -15,11 +15,10 @@ from d2v.training.data import (
     Collator,
     ShardedSampler,
     conv_output_length,
-    list_media_files,
-    read_manifest,
 )
-from d2v.training.masks import MaskMaker
 from d2v.training.optim import build_optimizer, lr_multiplier, param_groups
+from d2v.training.sample_randomness import MaskMaker
+from d2v.training.sources import list_media_files, read_manifest
 
 
 def test_no_weight_decay_on_1d_params():

@@ -13,9 +13,9 @@ import torch
 from d2v.models.loss import feature_std
 from d2v.models.model import Data2VecModel
 from d2v.training.config import load_config, resolve_model_config
-from d2v.training.masks import MaskMaker
 from d2v.training.objective import Pretrainer, build_teacher
 from d2v.training.optim import build_optimizer
+from d2v.training.sample_randomness import MaskMaker
 
 
 def _recipe(tmp_path, *overrides: str):
@@ -56,7 +56,7 @@ def test_tiny_v1_image_predictions_do_not_collapse(tmp_path):
     the encoder). No timing thresholds."""
     torch.manual_seed(0)
     cfg, model_cfg = _recipe(tmp_path, "optim.warmup_steps=3")
-    model = Data2VecModel.from_config(model_cfg)
+    model = Data2VecModel(model_cfg)
     pretrainer = Pretrainer(model, cfg.objective, seed=0)
     teacher = build_teacher(model, cfg.objective, 30)
     optimizer = build_optimizer([pretrainer], cfg.optim)

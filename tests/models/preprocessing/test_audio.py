@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from d2v.errors import ConfigError, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from d2v.core.errors import ConfigError, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from d2v.models.preprocessing import (
     AudioPreprocessingConfig,
     AudioPreprocessor,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from d2v.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from d2v.core.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from d2v.models.preprocessing import (
     DEFAULT_MAX_PIXELS,
     IMAGENET_MEAN,

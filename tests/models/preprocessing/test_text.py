@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2v.errors import ConfigError, InvalidInput, NotFound, PayloadTooLarge
+from d2v.core.errors import ConfigError, InvalidInput, NotFound, PayloadTooLarge
 from d2v.models.preprocessing import (
     SPECIAL_TOKENS,
     TextPreprocessingConfig,

@@ -1,0 +1,81 @@
+"""Engines: one interface (``base.EmbeddingEngine``), chosen by an ``EngineConfig``. Runtimes are imported
+lazily, so importing this package needs none of onnxruntime / openvino / tritonclient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from d2v.core.errors import ConfigError
+from d2v.core.manifest import ModelManifest
+
+from .base import EmbeddingEngine, warmup_inputs
+
+__all__ = ["EmbeddingEngine", "EngineConfig", "build_engine", "warmup_inputs"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which engine runs a model and how (the server builds it from its settings)."""
+
+    engine: Literal["onnxruntime", "openvino", "triton"] = "onnxruntime"
+    variant: str | None = None  # default: the manifest's default_variant
+    intra_op_threads: int = 0  # CPU threads per model (0: the runtime's default)
+    openvino_precision: Literal["bf16", "f32"] = "bf16"
+    triton_url: str = "127.0.0.1:8001"
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_mode: Literal["encoder", "ensemble"] = "encoder"
+    triton_timeout_s: float = 30.0
+    retry_after_s: float = 1.0  # what an overloaded Triton tells clients to wait
+
+
+def openvino_has_bf16() -> bool:
+    import openvino as ov  # lazy: only asked when a bf16 variant is chosen
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def build_engine(manifest: ModelManifest, model_dir: Path, settings: EngineConfig) -> EmbeddingEngine:
+    """The engine ``settings.engine`` names, for one model.
+
+    The variant (``settings.variant``, default: the manifest's ``default_variant``) is checked here, before
+    the server binds: a variant built for another engine (``model.json`` ``variants.<name>.engine``), one the
+    manifest does not list, or bf16 on a CPU without BF16 is a ``ConfigError`` naming what would work.
+    """
+    if settings.engine == "onnxruntime":
+        from .onnxruntime import OnnxRuntimeEngine
+
+        name, _ = manifest.select_variant("onnxruntime", settings.variant)
+        return OnnxRuntimeEngine(manifest, model_dir, variant=name, intra_op_threads=settings.intra_op_threads)
+    if settings.engine == "openvino":
+        from .openvino import OpenVinoEngine
+
+        name, variant = manifest.select_variant("openvino", settings.variant)
+        precision = settings.openvino_precision
+        if variant.precision == "bf16":
+            if not openvino_has_bf16():
+                raise ConfigError(
+                    f"model {manifest.name!r} variant {name!r} needs bf16, but OpenVINO reports no BF16 support on "
+                    f"this CPU (AMX or AVX512-BF16); pick another --variant ({manifest.variants_for('openvino')})"
+                )
+            precision = "bf16"
+        return OpenVinoEngine(
+            manifest, model_dir, variant=name, precision=precision, intra_op_threads=settings.intra_op_threads
+        )
+    if settings.variant is not None:
+        raise ConfigError(
+            "--variant does not apply to --engine triton: the Triton repository fixes the variant when it is "
+            "generated (d2v export --format triton --triton-variant NAME)"
+        )
+    from .triton import TritonEngine
+
+    return TritonEngine(
+        manifest,
+        model_dir,
+        url=settings.triton_url,
+        protocol=settings.triton_protocol,
+        mode=settings.triton_mode,
+        timeout_s=settings.triton_timeout_s,
+        retry_after_s=settings.retry_after_s,
+    )

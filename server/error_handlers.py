@@ -1,0 +1,83 @@
+"""The one place errors become HTTP responses: ``{"error": {"message", "type", "code"}}`` everywhere.
+
+Domain errors (``d2v.core.errors``) carry their status; FastAPI's own validation errors and Starlette's
+404/405 are translated into the same hierarchy first, so no route needs a try/except.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from d2v.core.errors import D2VError, InternalError, InvalidInput, NotFound, Overloaded, UnprocessableInput
+
+log = logging.getLogger(__name__)
+
+
+def error_response(exc: D2VError) -> JSONResponse:
+    headers: dict[str, str] = {}
+    if isinstance(exc, Overloaded):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    elif exc.status == 503:
+        headers["Retry-After"] = "1"
+    elif exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(exc.to_body(), status_code=exc.status, headers=headers)
+
+
+def validation_error(errors: list[dict]) -> InvalidInput:
+    """Pydantic errors -> 400 for unparseable JSON, 422 for a well-formed body with wrong fields."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return InvalidInput("request body is not valid JSON", code="invalid_json")
+    parts = []
+    for error in errors[:3]:
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {error.get('msg', 'invalid')}")
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return UnprocessableInput("invalid request: " + "; ".join(parts) + more, code="invalid_request")
+
+
+def _status_error(status: int, message: str, code: str) -> InvalidInput:
+    exc = NotFound(message, code=code) if status == 404 else InvalidInput(message, code=code)
+    exc.status = status  # e.g. 405: an HTTP-level status without its own domain class
+    return exc
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(D2VError)
+    async def _domain(request: Request, exc: D2VError) -> JSONResponse:
+        if exc.status >= 500 and request.url.path != "/readyz":
+            log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error(list(exc.errors())))
+
+    @app.exception_handler(ValidationError)
+    async def _model_validation(request: Request, exc: ValidationError) -> JSONResponse:
+        return error_response(validation_error(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            err = _status_error(404, f"no route {request.url.path}", "not_found")
+        elif exc.status_code == 405:
+            err = _status_error(
+                405, f"method {request.method} is not allowed on {request.url.path}", "method_not_allowed"
+            )
+        else:
+            err = _status_error(exc.status_code, str(exc.detail), "http_error")
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The one catch-all: log the traceback, answer with a summary that leaks no internals.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(InternalError("internal server error"))

@@ -1,0 +1,254 @@
+"""One served model: preprocessor + dynamic batcher + engine, and the per-item results they produce.
+
+The request path is: raw inputs -> ``load_items`` (decode / tokenize in the preprocessing thread pool,
+never on the event loop) -> ``embed`` (batcher -> collate + engine -> results split back per item).
+Pooling selection, normalisation and output encoding happen in ``postprocess.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from d2v.core.contract import TOKEN_MASK_OUTPUT, feeds, output_for, real_tokens
+from d2v.core.errors import D2VError, InvalidInput, PayloadTooLarge
+from d2v.core.manifest import ModelManifest
+from d2v.models.preprocessing import build_preprocessor, probe
+from d2v.runtime.engines.base import EmbeddingEngine
+
+from .batching import DynamicBatcher
+from .metrics import Metrics
+from .settings import ServerSettings
+
+Pooling = str  # "mean" | "cls" | "none"
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    vector: np.ndarray  # [D] pooled, or [T_i, D] token-level (trimmed by d2v_token_mask)
+    tokens: int  # real model tokens (text: input tokens incl. specials; audio frames; image patches)
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Pre-tokenized text input (OpenAI ``input`` as token-id lists): used as-is, never re-tokenized."""
+
+    ids: list[int]
+
+
+class RawPreprocessor:
+    """For engines that preprocess server-side (Triton ensemble): the raw bytes travel as BYTES [B, 1]."""
+
+    def __init__(self, modality: str, input_name: str) -> None:
+        self.modality = modality
+        self.input_name = input_name
+
+    def load_item(self, raw: Any) -> bytes:
+        return raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+
+    def collate(self, items: list[bytes]) -> dict[str, np.ndarray]:
+        return {self.input_name: np.array([[item] for item in items], dtype=object)}
+
+    def describe(self) -> dict[str, Any]:
+        return {"modality": self.modality, "preprocessing": "server-side (Triton ensemble)"}
+
+
+def _item_cost(item: Any) -> int:
+    """Padded-length unit of one decoded item: tokens (text), samples (audio), 1 (fixed-size images)."""
+    if isinstance(item, list):
+        return len(item)
+    if isinstance(item, np.ndarray) and item.ndim == 1:
+        return int(item.shape[0])
+    if isinstance(item, bytes):
+        return len(item)
+    return 1
+
+
+class ServedModel:
+    def __init__(self, engine: EmbeddingEngine, settings: ServerSettings, pool: Executor, metrics: Metrics) -> None:
+        self.engine = engine
+        self.manifest: ModelManifest = engine.manifest
+        self.name = self.manifest.name
+        self.modality = self.manifest.modality
+        self.settings = settings
+        self._pool = pool
+        self.metrics = metrics
+        self.preprocessor = self._build_preprocessor()
+        self.max_batch_size = min(settings.max_batch_size, self.manifest.max_batch_size)
+        budget = {"text": settings.max_batch_tokens, "audio": settings.max_batch_samples}.get(self.modality)
+        self.batcher = DynamicBatcher(
+            self._run_batch,
+            name=self.name,
+            max_batch_size=self.max_batch_size,
+            max_batch_cost=None if engine.raw_inputs else budget,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            max_queue=settings.max_queue,
+            retry_after_s=settings.retry_after_s,
+            on_batch=lambda size, cost: metrics.batch_size.labels(self.name).observe(size),
+            on_depth=lambda depth: metrics.queue_depth.labels(self.name).set(depth),
+        )
+        self.ready = False
+        self.error: str | None = None  # why warm-up failed, for /readyz
+
+    def _build_preprocessor(self) -> Any:
+        if self.engine.raw_inputs:
+            return RawPreprocessor(self.modality, self.manifest.triton.raw_input)
+        limits: dict[str, Any] = {}
+        if self.modality == "text":
+            limits = {"truncate": self.settings.truncate}
+            if self.settings.max_input_tokens is not None:
+                limits["max_length"] = self.settings.max_input_tokens
+        elif self.modality == "audio" and self.settings.max_audio_seconds is not None:
+            limits["max_seconds"] = self.settings.max_audio_seconds
+        elif self.modality == "image":
+            limits["max_pixels"] = self.settings.max_image_pixels
+        return build_preprocessor(self.manifest.preprocessing, self.engine.model_dir, **limits)
+
+    # ------------------------------------------------------------------------------------- limits
+    def limits(self) -> dict[str, Any]:
+        pre = self.preprocessor
+        out: dict[str, Any] = {"max_batch_size": self.max_batch_size}
+        if self.modality == "text":
+            out["max_input_tokens"] = getattr(pre, "max_length", None)
+            out["max_text_chars"] = self.settings.max_text_chars
+        elif self.modality == "audio":
+            out["max_audio_seconds"] = getattr(pre, "max_seconds", None)
+            out["sample_rate"] = getattr(pre, "sample_rate", None)
+            out["max_audio_sample_rate"] = self.settings.max_audio_sample_rate
+        else:
+            out["max_image_pixels"] = getattr(pre, "max_pixels", None)
+            out["image_size"] = self.manifest.preprocessing.get("image_size")
+        return out
+
+    # -------------------------------------------------------------------------------- preprocessing
+    def _load_one(self, raw: Any, truncate: bool) -> Any:
+        if self.engine.raw_inputs:
+            return self.preprocessor.load_item(raw)
+        if isinstance(raw, TokenIds):
+            return self._load_ids(raw.ids, truncate)
+        if self.modality == "text":
+            if not isinstance(raw, str):
+                raise InvalidInput("text input must be a string")
+            if not raw:
+                raise InvalidInput("text input is empty")
+            if len(raw) > self.settings.max_text_chars:
+                if not truncate:
+                    raise PayloadTooLarge(
+                        f"text is {len(raw)} characters long; the limit is {self.settings.max_text_chars}",
+                        code="input_too_long",
+                    )
+                raw = raw[: self.settings.max_text_chars]
+            return self.preprocessor.load_item(raw, truncate=truncate)
+        if self.modality == "audio":
+            rate = probe(raw).sample_rate
+            if rate > self.settings.max_audio_sample_rate:
+                raise PayloadTooLarge(f"audio sample rate {rate} Hz is above {self.settings.max_audio_sample_rate} Hz")
+        return self.preprocessor.load_item(raw)
+
+    def _load_ids(self, ids: list[int], truncate: bool) -> list[int]:
+        if self.modality != "text":
+            raise InvalidInput(f"token-id input is only accepted by text models; {self.name!r} is {self.modality}")
+        if not ids:
+            raise InvalidInput("token-id input is empty")
+        vocab = self.preprocessor.vocab_size
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise InvalidInput(f"token ids must be in [0, {vocab})")
+        limit = self.preprocessor.max_length
+        if len(ids) > limit:
+            if not truncate:
+                raise PayloadTooLarge(f"input is {len(ids)} tokens long; the limit is {limit}", code="input_too_long")
+            ids = ids[:limit]
+        return list(ids)
+
+    def _load_all(self, raws: Sequence[Any], truncate: bool) -> list[Any]:
+        items = []
+        for index, raw in enumerate(raws):
+            try:
+                items.append(self._load_one(raw, truncate))
+            except D2VError as exc:  # name the offending item; keep the class (status) and code
+                exc.message = f"input[{index}]: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+        return items
+
+    async def load_items(self, raws: Sequence[Any], *, truncate: bool | None = None) -> list[Any]:
+        """Decode / tokenize off the event loop (tokenizers, Pillow and soxr release the GIL)."""
+        start = time.perf_counter()
+        truncate = self.settings.truncate if truncate is None else truncate
+        loop = asyncio.get_running_loop()
+        items = await loop.run_in_executor(self._pool, self._load_all, list(raws), truncate)
+        self.metrics.preprocess_seconds.labels(self.name).observe(time.perf_counter() - start)
+        return items
+
+    # ------------------------------------------------------------------------------------ inference
+    def check_options(self, pooling: Pooling, top_k: int | None) -> None:
+        if pooling == "cls" and not self.manifest.has_cls:
+            raise InvalidInput(f"pooling 'cls' is not available for {self.modality} model {self.name!r}; use mean")
+        if top_k is not None:
+            if self.engine.raw_inputs:  # the ensemble's preprocess model owns the encoder inputs
+                raise InvalidInput("'layers' is not available when Triton runs the ensemble (--triton-mode encoder)")
+            if not self.manifest.supports_top_k:
+                raise InvalidInput(
+                    f"model {self.name!r} was exported with a fixed layer average (top_k={self.manifest.top_k}); "
+                    "re-export with per-layer selection to use 'layers'"
+                )
+            if not 1 <= top_k <= self.manifest.num_layers:
+                raise InvalidInput(f"layers must be in [1, {self.manifest.num_layers}], got {top_k}")
+
+    async def embed(self, items: list[Any], *, pooling: Pooling, top_k: int | None = None) -> list[ItemResult]:
+        self.check_options(pooling, top_k)
+        costs = [_item_cost(item) for item in items]
+        return await self.batcher.submit(items, costs, key=(pooling, top_k))
+
+    async def _run_batch(self, key: tuple[Pooling, int | None], items: list[Any]) -> list[ItemResult]:
+        pooling, top_k = key
+        loop = asyncio.get_running_loop()
+        inputs = await loop.run_in_executor(self._pool, self.preprocessor.collate, items)
+        if not self.engine.raw_inputs:  # the ensemble's preprocess model owns the encoder inputs
+            inputs = feeds(self.manifest, inputs, top_k)
+        wanted = output_for(pooling)
+        start = time.perf_counter()
+        out = await self.engine.embed(inputs, [wanted, TOKEN_MASK_OUTPUT])
+        self.metrics.inference_seconds.labels(self.name).observe(time.perf_counter() - start)
+        mask = np.asarray(out[TOKEN_MASK_OUTPUT])
+        values = np.asarray(out[wanted], dtype=np.float32)
+        counts = mask.sum(axis=1).astype(int)
+        vectors = real_tokens(values, mask) if pooling == "none" else list(values)
+        return [ItemResult(vector, int(count)) for vector, count in zip(vectors, counts, strict=True)]
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.engine.load()
+        await self.batcher.start()
+
+    async def warmup(self) -> None:
+        await self.engine.warmup()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.batcher.stop()
+        await self.engine.close()
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": m.name,
+            "modality": m.modality,
+            "dim": m.embedding_dim,
+            "num_layers": m.num_layers,
+            "top_k": m.top_k,
+            "supports_top_k": m.supports_top_k,
+            "pooling": m.pooling,
+            "poolings": ["mean", "cls", "none"] if m.has_cls else ["mean", "none"],
+            "norm": m.norm,
+            "ready": self.ready,
+            **self.engine.describe(),
+            "limits": self.limits(),
+        }
