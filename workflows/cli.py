@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from d2v.core.contract import MODALITIES
 
 if TYPE_CHECKING:
-    from d2v.workflows.quickstart import QuickstartOptions
+    from d2v.workflows.options import QuickstartOptions
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -97,7 +97,7 @@ def quickstart_options(args: argparse.Namespace, **fields: Any) -> QuickstartOpt
     """The :class:`QuickstartOptions` of the flags both commands share (:func:`_common`; ``--store`` is not
     among them: it names the store to build for one command, the store to probe for the other), plus
     ``fields`` (the command's own)."""
-    from d2v.workflows.quickstart import QuickstartOptions, parse_overrides, parse_recipes
+    from d2v.workflows.options import QuickstartOptions, parse_overrides, parse_recipes
 
     return QuickstartOptions(
         seed=args.seed,

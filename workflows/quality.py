@@ -36,7 +36,8 @@ import numpy as np
 from d2v.core.contract import MODALITIES
 from d2v.core.errors import ConfigError, NotFound
 from d2v.core.paths import DEFAULT_MODEL_NAMES
-from d2v.workflows.quickstart import QUICKSTART_FILE, QuickstartOptions, build_models
+from d2v.workflows.options import QuickstartOptions
+from d2v.workflows.quickstart import QUICKSTART_FILE, build_models
 from d2v.workflows.sample_data import LabelledSet, load_labelled, probe_data_path
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ STEPS = 3
 @pytest.fixture(scope="module")
 def quick_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """All three default models, trained for a few steps (the real pipeline, reduced budget)."""
-    from d2v.workflows.quickstart import QuickstartOptions, build_models
+    from d2v.workflows.options import QuickstartOptions
+    from d2v.workflows.quickstart import build_models
 
     store = tmp_path_factory.mktemp("quickstart") / "models"
     summary = build_models(QuickstartOptions(store=store, seed=0, max_steps=STEPS, variants=(), progress=False))
@@ -65,7 +66,8 @@ def test_quickstart_builds_every_default_model(quick_store):
 
 @pytest.mark.slow
 def test_quickstart_keeps_existing_models(quick_store, capsys):
-    from d2v.workflows.quickstart import QuickstartOptions, build_models
+    from d2v.workflows.options import QuickstartOptions
+    from d2v.workflows.quickstart import build_models
 
     store, _ = quick_store
     before = (store / "d2v-image-tiny" / "model.onnx").stat().st_mtime_ns
@@ -106,8 +108,9 @@ async def test_served_pretrained_embeddings_differ_from_random_init(tmp_path):
     from d2v.models.checkpoint import save_checkpoint
     from d2v.server.app import create_app
     from d2v.server.settings import ServerSettings
+    from d2v.workflows.options import QuickstartOptions
     from d2v.workflows.quality import load_model
-    from d2v.workflows.quickstart import QuickstartOptions, build_models
+    from d2v.workflows.quickstart import build_models
 
     asgi_client = testkit.asgi_client
     store = tmp_path / "models"
@@ -136,7 +139,7 @@ async def test_served_pretrained_embeddings_differ_from_random_init(tmp_path):
 def test_quickstart_cli_and_overrides():
     from d2v.cli import build_parser
     from d2v.core.errors import ConfigError
-    from d2v.workflows.quickstart import parse_overrides, parse_recipes
+    from d2v.workflows.options import parse_overrides, parse_recipes
 
     args = build_parser().parse_args(["quickstart", "--steps-scale", "0.1", "--modalities", "image", "--force"])
     assert (args.steps_scale, args.modalities, args.force, args.seed) == (0.1, ["image"], True, 0)
@@ -170,7 +173,8 @@ def test_quickstart_and_quality_report_share_their_build_options():
 
 def test_quickstart_recipes_load():
     from d2v.training.config import load_config
-    from d2v.workflows.quickstart import MODALITIES, recipe_for
+    from d2v.core.contract import MODALITIES
+    from d2v.workflows.quickstart import recipe_for
 
     for modality in MODALITIES:
         cfg = load_config(recipe_for(modality), [f"data.path={DATA}"])
