@@ -97,6 +97,9 @@ class ModelManifest:
     parity: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     triton: TritonNames = field(default_factory=TritonNames)
+    # Measured speed and cosine of every (engine, variant) on the exporting host, with its CPU fingerprint
+    # (d2v.runtime.selection.Calibration); ``--engine auto`` reuses it on a host with the same fingerprint.
+    calibration: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     version: int = VERSION
 

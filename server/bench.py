@@ -130,7 +130,11 @@ def ratios(gateway: dict[str, Any], engine: dict[str, Any]) -> dict[str, float |
 
 
 # ---------------------------------------------------------------------------------------------- phases
-async def _engine_phase(manifest, model_dir: Path, settings, raws: list[Any], bounds: dict) -> dict[str, Any]:
+async def _engine_phase(
+    manifest, model_dir: Path, settings, raws: list[Any], bounds: dict
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The load sent straight to the engine; returns its figures and the engine's ``describe()`` (with
+    ``--engine auto``: what was chosen and why)."""
     from d2v.core.contract import MEAN_OUTPUT, TOKEN_MASK_OUTPUT, feeds
     from d2v.models.preprocessing import build_preprocessor
     from d2v.runtime.engines import build_engine
@@ -147,7 +151,7 @@ async def _engine_phase(manifest, model_dir: Path, settings, raws: list[Any], bo
         async def call() -> None:
             await engine.embed(inputs, [MEAN_OUTPUT, TOKEN_MASK_OUTPUT])
 
-        return await drive(call, **bounds)
+        return await drive(call, **bounds), engine.describe()
     finally:
         await engine.close()
 
@@ -241,17 +245,21 @@ def bench_serve(
     raws = sample_inputs(manifest.modality, manifest.preprocessing, items)
     bounds = {"requests": requests, "concurrency": concurrency, "duration_s": duration_s, "warmup": warmup}
 
-    async def run() -> dict[str, Any]:
-        engine = await _engine_phase(manifest, model_dir, settings, raws, bounds)
-        gateway = await _gateway_phase(manifest, settings, raws, bounds, startup_timeout_s)
-        return {"engine": engine, "gateway": gateway}
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        engine, described = await _engine_phase(manifest, model_dir, settings, raws, bounds)
+        # The gateway runs exactly what the engine phase ran (auto resolved once).
+        chosen = {"engine": described.get("engine", settings.engine), "variant": described.get("variant")}
+        chosen = {k: v for k, v in chosen.items() if v is not None} if settings.engine == "auto" else {}
+        gateway = await _gateway_phase(manifest, settings.model_copy(update=chosen), raws, bounds, startup_timeout_s)
+        return {"engine": engine, "gateway": gateway}, described
 
-    phases = asyncio.run(run())
+    phases, described = asyncio.run(run())
     return {
         "model": manifest.name,
         "modality": manifest.modality,
-        "engine_kind": settings.engine,
-        "variant": settings.variant or manifest.default_variant,
+        "engine_kind": described.get("engine", settings.engine),
+        "variant": described.get("variant") or settings.variant or manifest.default_variant,
+        **({"selection": described["selection"]} if "selection" in described else {}),
         "items_per_request": items,
         "concurrency": concurrency,
         "max_requests": requests,

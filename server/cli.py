@@ -38,11 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes (default 1)")
     p.add_argument(
         "--engine",
-        choices=["onnxruntime", "openvino", "triton"],
+        choices=["auto", "onnxruntime", "openvino", "triton"],
         default=None,
-        help="onnxruntime (default, fp32-exact), openvino (bf16 on AMX CPUs: the fast CPU path), "
-        "or triton (a running Triton server)",
+        help="auto (default): per model, the fastest engine/variant this host runs whose pooled cosine vs fp32 "
+        "is >= --min-cosine, from measurements (model.json, else a <= 10 s calibration, cached); onnxruntime, "
+        "openvino (bf16 on AMX / AVX512-BF16 CPUs), or triton (a running Triton server)",
     )
+    p.add_argument("--min-cosine", type=float, default=None, help="auto: the cosine bar (default 0.999)")
     p.add_argument(
         "--variant",
         default=None,
@@ -149,7 +151,8 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--store", default=None, help="model store directory (default: $D2V_HOME/models)")
     p.add_argument("--model", default=None, metavar="NAME_OR_DIR", help="model to serve (default: the first)")
-    p.add_argument("--engine", choices=["onnxruntime", "openvino", "triton"], default=None)
+    p.add_argument("--engine", choices=["auto", "onnxruntime", "openvino", "triton"], default=None)
+    p.add_argument("--min-cosine", type=float, default=None, help="auto: the cosine bar (default 0.999)")
     p.add_argument("--variant", default=None, help="variant from model.json (default: its default_variant)")
     p.add_argument("--threads", dest="intra_op_threads", type=int, default=None, help="CPU threads per model")
     p.add_argument("--triton-url", default=None)
@@ -171,7 +174,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
     from .bench import bench_serve, format_table
 
     args.models = [args.model] if args.model else None
-    keys = ("store", "models", "engine", "variant", "intra_op_threads", "triton_url", "triton_protocol")
+    keys = ("store", "models", "engine", "min_cosine", "variant", "intra_op_threads", "triton_url", "triton_protocol")
     settings = settings_from_args(args, keys)
     result = bench_serve(
         settings,

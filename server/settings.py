@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from d2v.core.paths import default_store
 from d2v.runtime.engines import EngineConfig
 
-EngineName = Literal["onnxruntime", "openvino", "triton"]
+EngineName = Literal["auto", "onnxruntime", "openvino", "triton"]
 
 # Set by ``d2v serve --workers N`` so every uvicorn worker process rebuilds exactly the parent's settings.
 SETTINGS_ENV = "D2V_SERVER_SETTINGS_JSON"
@@ -41,7 +41,7 @@ class ServerSettings(BaseSettings):
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="model names in the store or model directories; empty = all in the store"
     )
-    engine: EngineName = "onnxruntime"
+    engine: EngineName = Field("auto", description="auto: the fastest measured engine/variant within min_cosine")
     variant: str | None = Field(None, description="ONNX variant (fp32, int8, ...); default: the manifest's")
     intra_op_threads: int = Field(0, ge=0, description="ORT / OpenVINO CPU threads per model (0 = runtime default)")
     openvino_precision: Literal["bf16", "f32"] = "bf16"
@@ -49,6 +49,8 @@ class ServerSettings(BaseSettings):
     triton_protocol: Literal["grpc", "http"] = "grpc"
     triton_mode: Literal["encoder", "ensemble"] = "encoder"
     triton_timeout_s: float = Field(30.0, gt=0)
+    min_cosine: float = Field(0.999, gt=0, le=1, description="auto: worst pooled cosine vs fp32 to accept a variant")
+    calibration_budget_s: float = Field(10.0, gt=0, description="auto: seconds per model to measure candidates")
 
     # --- network
     host: str = "127.0.0.1"

@@ -244,7 +244,8 @@ def wav_bytes(seconds: float = 0.5, rate: int = SAMPLE_RATE, seed: int = 0) -> b
 
 # ------------------------------------------------------------------------------------------ servers
 def make_settings(store: Path, **overrides) -> ServerSettings:
-    base = {"store": store, "max_wait_ms": 2.0, "preprocess_workers": 2}
+    """Gateway tests run one known engine; ``--engine auto`` (the default) has its own tests."""
+    base = {"store": store, "max_wait_ms": 2.0, "preprocess_workers": 2, "engine": "onnxruntime"}
     return ServerSettings(**{**base, **overrides})
 
 

@@ -57,6 +57,7 @@ class LocalEngine:
 
     kind = "local"
     raw_inputs = False
+    selection: dict[str, Any] | None = None  # set by ``--engine auto``: what was measured and chosen
 
     def __init__(self, manifest: ModelManifest, model_dir: Path, *, variant: str | None = None) -> None:
         self.manifest = manifest
@@ -94,4 +95,7 @@ class LocalEngine:
             self._executor = None
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.kind, "variant": self.variant}
+        info: dict[str, Any] = {"engine": self.kind, "variant": self.variant}
+        if self.selection is not None:
+            info["selection"] = self.selection
+        return info

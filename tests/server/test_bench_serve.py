@@ -18,7 +18,10 @@ def test_bench_serve_reports_both_phases_and_ratios(store, tmp_path, capsys, mod
             "--concurrency", "2", "--items", "2", "--warmup", "1", "--duration", "60", "--json", str(out)]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(out.read_text())
-    assert (result["model"], result["modality"], result["engine_kind"]) == (f"tiny-{modality}", modality, "onnxruntime")
+    assert (result["model"], result["modality"]) == (f"tiny-{modality}", modality)
+    # --engine auto (the default) reports what it chose and why; the tiny models offer fp32 only.
+    assert (result["engine_kind"], result["variant"]) == (result["selection"]["engine"], "fp32")
+    assert result["selection"]["candidates"][0]["engine"] == "onnxruntime"
     assert (result["items_per_request"], result["concurrency"], result["max_requests"]) == (2, 2, 6)
     for phase in ("engine", "gateway"):
         r = result[phase]

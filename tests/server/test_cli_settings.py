@@ -20,7 +20,7 @@ def parse(argv):
 def test_defaults_are_loopback_and_safe(monkeypatch, tmp_path):
     monkeypatch.setenv("D2V_HOME", str(tmp_path))
     s = ServerSettings()
-    assert (s.host, s.port, s.engine, s.workers) == ("127.0.0.1", 8080, "onnxruntime", 1)
+    assert (s.host, s.port, s.engine, s.workers) == ("127.0.0.1", 8080, "auto", 1)
     assert s.store == tmp_path / "models" and not s.api_keys and not s.allow_url_fetch
 
 

@@ -172,8 +172,8 @@ def test_quickstart_and_quality_report_share_their_build_options():
 
 
 def test_quickstart_recipes_load():
-    from d2v.training.config import load_config
     from d2v.core.contract import MODALITIES
+    from d2v.training.config import load_config
     from d2v.workflows.quickstart import recipe_for
 
     for modality in MODALITIES:
