@@ -68,6 +68,13 @@ def register(subparsers) -> None:
     p.add_argument("--no-optimize", action="store_true", help="skip the ORT transformer-fusion pass")
     p.add_argument("--legacy-exporter", action="store_true", help="torch.onnx legacy (TorchScript) exporter")
     p.add_argument("--threads", type=int, default=0, help="runtime threads for the checks (0 = default)")
+    p.add_argument(
+        "--calibration-budget",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="measure every engine/variant on this host for `d2v serve --engine auto` (0 = skip; default 10)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     t = p.add_argument_group("triton (--format triton)")
     t.add_argument("--triton-backend", choices=("python", "onnxruntime", "tensorrt"), default="python",
@@ -107,6 +114,7 @@ def _options(args):
         max_batch_size=args.max_batch_size,
         threads=args.threads,
         overwrite=args.overwrite,
+        calibration_budget_s=args.calibration_budget,
     )
 
 

@@ -48,6 +48,7 @@ class ExportOptions:
     max_batch_size: int = 64
     threads: int = 0  # ORT / OpenVINO threads for the checks (0 = runtime default)
     overwrite: bool = False
+    calibration_budget_s: float = 10.0  # time to measure every engine/variant for ``--engine auto`` (0: skip)
 
     def validate(self) -> None:
         check_opset(self.opset, self.dynamo)
@@ -269,7 +270,22 @@ def export_to_dir(ckpt, sha: str, work: Path, opts: ExportOptions) -> ModelManif
     save_report(_report(exp, opts, parity, heldout, details, fp32_seconds, optimization), work)
     manifest = _manifest(ckpt, sha, exp, opts, variants, parity)
     manifest.save(work)
+    if opts.calibration_budget_s > 0:
+        manifest.calibration = _calibrate(manifest, work, opts)
+        manifest.save(work)
     return manifest
+
+
+def _calibrate(manifest: ModelManifest, work: Path, opts: ExportOptions) -> dict:
+    """Items/s and cosine of every (engine, variant) this host runs, with its CPU fingerprint: what
+    ``--engine auto`` reads instead of measuring again on a host with the same fingerprint."""
+    from d2v.runtime import selection
+
+    cands = selection.candidates(manifest, selection.detect_capabilities())
+    cal = selection.measure(manifest, work, cands, budget_s=opts.calibration_budget_s, threads=opts.threads)
+    for m in cal.measurements:
+        log.info("calibration %s/%s: %.1f items/s, cosine %.6f", m.engine, m.variant, m.items_per_s, m.cosine)
+    return dataclasses.asdict(cal)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:

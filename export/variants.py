@@ -1,7 +1,8 @@
 """Reduced-precision variants of the fp32 graph, each scored against fp32 on a held-out batch.
 
 - ``fp16``: ``onnxruntime.transformers.float16`` (fp32 inputs/outputs kept); meant for GPUs.
-- ``int8``: ONNX Runtime dynamic quantisation (int8 weights, per-channel, dynamic activations).
+- ``int8``: ONNX Runtime dynamic quantisation of MatMul / Gemm (int8 weights, per-channel, dynamic activations);
+  convolutions (the audio front end) stay fp32.
 - ``bf16``: OpenVINO on a CPU with AMX / AVX512-BF16 (``INFERENCE_PRECISION_HINT=bf16``). The artifact is
   the fp32 ``model.onnx`` itself: the precision is a runtime hint, so the variant entry names that file with
   ``engine="openvino"``, ``precision="bf16"`` and the server's OpenVINO engine applies the hint. Only offered
@@ -118,6 +119,9 @@ def build_int8(src: Path, dst: Path) -> None:
     quantize_dynamic(
         str(src),
         str(dst),
+        # The Transformer's projections only: dynamic int8 convolutions (the audio feature encoder) ran
+        # slower than fp32 on AVX-512 CPUs (docs/platform_facts.md: 6.2 vs 11.0 clips/s on audio base).
+        op_types_to_quantize=["MatMul", "Gemm"],
         weight_type=QuantType.QInt8,
         per_channel=True,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},

@@ -33,7 +33,8 @@ FLOORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "preprocessing": (("d2v.models.preprocessing",), ("root", "core")),
     "models": (("d2v.models",), ("root", "core", "preprocessing")),
     "training": (("d2v.training",), ("root", "core", "preprocessing", "models")),
-    "export": (("d2v.export",), ("root", "core", "preprocessing", "models")),
+    # export measures what it wrote with the runtime's engines (model.json ``calibration``)
+    "export": (("d2v.export",), ("root", "core", "preprocessing", "models", "runtime")),
     "runtime": (("d2v.runtime",), ("root", "core", "preprocessing")),
     "server": (("d2v.server",), ("root", "core", "preprocessing", "runtime")),
     "extract": (("d2v.extract",), ("root", "core", "preprocessing", "runtime", "sdk")),

@@ -63,6 +63,23 @@ def test_layout_manifest_and_parity(exports, checkpoints, modality):
 
 
 @pytest.mark.parametrize("modality", MODALITIES)
+def test_export_records_a_calibration_that_auto_reuses_here(exports, modality, monkeypatch):
+    from d2v.core.manifest import ModelManifest
+    from d2v.runtime import selection
+
+    m = ModelManifest.load(exports[modality])
+    cal = selection.recorded_calibration(m)
+    assert cal is not None and cal.fingerprint == selection.host_fingerprint() and not cal.skipped
+    measured = {(x.engine, x.variant) for x in cal.measurements}
+    assert measured == {(c.engine, c.variant) for c in selection.candidates(m, selection.detect_capabilities())}
+    assert ("onnxruntime", "fp32") in measured and ("onnxruntime", "int8") in measured
+    assert all(x.items_per_s > 0 and 0.99 <= x.cosine <= 1.0 + 1e-6 for x in cal.measurements)
+    monkeypatch.setattr(selection, "measure", lambda *a, **k: pytest.fail("measured although model.json fits"))
+    chosen = selection.select(m, exports[modality])
+    assert chosen.source == "export" and chosen.cosine >= 0.999
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
 def test_variants_meet_their_bars(exports, modality):
     from d2v.core.manifest import ModelManifest
 
@@ -72,6 +89,12 @@ def test_variants_meet_their_bars(exports, modality):
         assert (exports[modality] / v.file).is_file()
     details = json.loads((exports[modality] / "parity.json").read_text())["variants"]
     assert {"fp16", "int8"} <= set(details) and all(d["speed_vs_fp32_ort"] > 0 for d in details.values())
+    import onnx
+
+    ops = {
+        n.op_type for n in onnx.load(str(exports[modality] / "model.int8.onnx"), load_external_data=False).graph.node
+    }
+    assert "MatMulInteger" in ops and "ConvInteger" not in ops  # convolutions stay fp32
 
 
 def test_onnx_equals_torch_on_real_preprocessing(exports, checkpoints):
