@@ -46,13 +46,25 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--min-cosine", type=float, default=None, help="auto: the cosine bar (default 0.999)")
     p.add_argument(
+        "--calibration-budget-s",
+        type=float,
+        default=None,
+        help="auto: seconds per model to measure the candidates when no measurement fits this host (default 10)",
+    )
+    p.add_argument(
         "--variant",
         default=None,
         help="variant from model.json (fp32, int8, fp16, bf16, optimized; default: its default_variant); "
         "the server refuses to start when the engine cannot run it (bf16: --engine openvino on a BF16 CPU)",
     )
     p.add_argument("--threads", dest="intra_op_threads", type=int, default=None, help="CPU threads per model")
-    p.add_argument("--openvino-precision", choices=["bf16", "f32"], default=None)
+    p.add_argument(
+        "--openvino-precision",
+        choices=["bf16", "f32"],
+        default=None,
+        help="--engine openvino on an fp32 variant: f32 (default, exact) or the bf16 hint (the bf16 variant, as "
+        "--engine auto picks it, is always bf16)",
+    )
     p.add_argument("--triton-url", default=None, help="Triton address (default 127.0.0.1:8001 for gRPC)")
     p.add_argument("--triton-protocol", choices=["grpc", "http"], default=None)
     p.add_argument(

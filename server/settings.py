@@ -44,7 +44,7 @@ class ServerSettings(BaseSettings):
     engine: EngineName = Field("auto", description="auto: the fastest measured engine/variant within min_cosine")
     variant: str | None = Field(None, description="ONNX variant (fp32, int8, ...); default: the manifest's")
     intra_op_threads: int = Field(0, ge=0, description="ORT / OpenVINO CPU threads per model (0 = runtime default)")
-    openvino_precision: Literal["bf16", "f32"] = "bf16"
+    openvino_precision: Literal["bf16", "f32"] = "f32"  # for fp32 variants; a bf16 variant always runs bf16
     triton_url: str = "127.0.0.1:8001"
     triton_protocol: Literal["grpc", "http"] = "grpc"
     triton_mode: Literal["encoder", "ensemble"] = "encoder"

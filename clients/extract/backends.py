@@ -1,4 +1,4 @@
-"""Where vectors come from: the in-process ONNX Runtime engine of ``d2v.server`` or a server via the SDK.
+"""Where vectors come from: an in-process engine of the shared runtime (``d2v.runtime``) or a server via the SDK.
 
 Both turn a batch of :class:`Item` of one modality into :class:`Row` s, one per item, never raising for a
 bad input: the failure becomes the row's ``error``. A batch the engine rejects as a whole is retried item
@@ -39,6 +39,7 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class Options:
+    runtime: str = "auto"  # in-process engine: auto (fastest measured within the cosine bar), onnxruntime, openvino
     pooling: str | None = None  # None: the model's default
     tokens: bool = False
     normalize: bool = True
@@ -77,7 +78,8 @@ def per_item_fallback(items: list[Item], run: Callable[[list[Item]], list[Row]],
 
 
 class LocalModel:
-    """One model in this process: its preprocessor and ``workers`` ONNX Runtime engines (one per thread)."""
+    """One model in this process: its preprocessor and ``workers`` runtime engines (one per thread; ``auto``
+    measures once, then every worker reuses the cached choice)."""
 
     def __init__(self, manifest: Any, model_dir: Path, options: Options, workers: int) -> None:
         from d2v.models.preprocessing import build_preprocessor
@@ -103,10 +105,11 @@ class LocalModel:
     def _acquire(self) -> tuple[Any, asyncio.AbstractEventLoop]:
         with self._lock:
             if self._free.empty() and self._made < self._workers:
-                from d2v.runtime.engines.onnxruntime import OnnxRuntimeEngine
+                from d2v.runtime.engines import EngineConfig, build_engine
 
                 self._made += 1
-                engine = OnnxRuntimeEngine(self.manifest, self.model_dir, intra_op_threads=self._threads)
+                config = EngineConfig(engine=self.options.runtime, intra_op_threads=self._threads)
+                engine = build_engine(self.manifest, self.model_dir, config)
                 loop = asyncio.new_event_loop()
                 loop.run_until_complete(engine.load())
                 return engine, loop
@@ -186,7 +189,7 @@ def resolve_models(store: Path, names: list[str]) -> dict[str, tuple[Any, Path]]
 
 
 class LocalBackend:
-    """In-process ONNX Runtime, ``workers`` batches in parallel (each worker its own session)."""
+    """In-process runtime engines, ``workers`` batches in parallel (each worker its own engine)."""
 
     def __init__(self, store: Path, models: list[str], options: Options, workers: int) -> None:
         self._found = resolve_models(store, models)

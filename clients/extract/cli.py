@@ -55,7 +55,12 @@ def _register_extract(subparsers: Any) -> None:
     p.add_argument("input", metavar="INPUT", help="directory, manifest file (.jsonl/.csv/.parquet) or '-' for stdin")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument(
-        "--engine", choices=["local", "server", "ray"], default="local", help="default: local (ONNX Runtime)"
+        "--engine",
+        choices=["auto", "onnxruntime", "openvino", "server", "ray"],
+        default="auto",
+        help="auto (default): in this process, the fastest engine/variant this host runs within the cosine bar "
+        "(as d2v serve); onnxruntime / openvino: in this process, that runtime; server: a running d2v server; "
+        "ray: Ray Data actors, each running the auto choice",
     )
     p.add_argument("--server", default=None, help=f"server URL for --engine server (default: ${SERVER_ENV})")
     p.add_argument("--api-key", default=None, help=f"Bearer API key (default: ${API_KEY_ENV})")

@@ -21,9 +21,14 @@ from .connection import api_key, server_url
 from .inputs import Item, read_inputs
 from .shards import Row, ShardStore
 
+IN_PROCESS = ("auto", "onnxruntime", "openvino")  # --engine values that run the runtime in this process
+
 
 def options_from(args: argparse.Namespace) -> Options:
-    return Options(pooling=args.pooling, tokens=args.tokens, normalize=args.normalize, dimensions=args.dimensions)
+    runtime = args.engine if args.engine in IN_PROCESS else "auto"  # Ray actors run the auto choice
+    return Options(
+        runtime=runtime, pooling=args.pooling, tokens=args.tokens, normalize=args.normalize, dimensions=args.dimensions
+    )
 
 
 def default_workers(engine: str) -> int:

@@ -26,7 +26,7 @@ class EngineConfig:
     engine: Literal["auto", "onnxruntime", "openvino", "triton"] = "auto"
     variant: str | None = None  # default: the manifest's default_variant (not with auto)
     intra_op_threads: int = 0  # CPU threads per model (0: the runtime's default)
-    openvino_precision: Literal["bf16", "f32"] = "bf16"
+    openvino_precision: Literal["bf16", "f32"] = "f32"  # for fp32 variants; a bf16 variant always runs bf16
     triton_url: str = "127.0.0.1:8001"
     triton_protocol: Literal["grpc", "http"] = "grpc"
     triton_mode: Literal["encoder", "ensemble"] = "encoder"

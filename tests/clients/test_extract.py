@@ -66,6 +66,30 @@ def test_local_engine_directory(data_dir, model_store, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["counts"]["this_run"] == 0
 
 
+def embeddings_by_id(out: Path, model: str) -> dict[str, np.ndarray]:
+    table = ds.dataset(out / "embeddings" / model).to_table(columns=["id", "embedding"])
+    ids, vectors = table["id"].to_pylist(), table["embedding"].to_pylist()
+    return {i: np.asarray(v, dtype=np.float32) for i, v in zip(ids, vectors, strict=True)}
+
+
+def test_in_process_engines_agree(data_dir, model_store, tmp_path):
+    """--engine auto (the default), onnxruntime and openvino run the same graph in this process."""
+    outs = {}
+    for engine in ("auto", "onnxruntime", "openvino"):
+        out = outs[engine] = tmp_path / engine
+        assert (
+            extract(str(data_dir), str(out), "--store", str(model_store), "--engine", engine, "--modality", "text") == 0
+        )
+        assert json.loads((out / "manifest.json").read_text())["engine"] == engine
+    ref = embeddings_by_id(outs["onnxruntime"], "tiny-text")
+    assert len(ref) == 8
+    for engine in ("auto", "openvino"):
+        got = embeddings_by_id(outs[engine], "tiny-text")
+        assert got.keys() == ref.keys()
+        for key, vector in ref.items():
+            np.testing.assert_allclose(got[key], vector, atol=1e-4)
+
+
 def test_server_engine_matches_local_and_reports_bad_rows(live_gateway, model_store, data_dir, tmp_path):
     manifest = tmp_path / "inputs.jsonl"
     rows = [
