@@ -12,7 +12,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VARIANTS = "fp16,int8,bf16"
+DEFAULT_VARIANTS = "fp16,int8,bf16,ov-int8"
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--variants",
         default=None,
-        help=f"comma-separated subset of fp16,int8,bf16, or 'none' (default: {DEFAULT_VARIANTS}, skipping what "
+        help=f"comma-separated subset of fp16,int8,bf16,ov-int8, or 'none' (default: {DEFAULT_VARIANTS}, skipping what "
         "this host cannot run; named explicitly, an unsupported variant is an error)",
     )
     p.add_argument(
@@ -68,6 +68,13 @@ def register(subparsers) -> None:
     p.add_argument("--no-optimize", action="store_true", help="skip the ORT transformer-fusion pass")
     p.add_argument("--legacy-exporter", action="store_true", help="torch.onnx legacy (TorchScript) exporter")
     p.add_argument("--threads", type=int, default=0, help="runtime threads for the checks (0 = default)")
+    p.add_argument(
+        "--calibration",
+        metavar="DIR|MANIFEST",
+        default=None,
+        help="ov-int8: real inputs to calibrate on (directory, .jsonl / .csv / .txt manifest; every 5th item is "
+        "held out to score the variant); default: the bundled sample data of the modality",
+    )
     p.add_argument(
         "--calibration-budget",
         type=float,
@@ -115,6 +122,7 @@ def _options(args):
         threads=args.threads,
         overwrite=args.overwrite,
         calibration_budget_s=args.calibration_budget,
+        calibration=args.calibration,
     )
 
 

@@ -49,6 +49,7 @@ class ExportOptions:
     threads: int = 0  # ORT / OpenVINO threads for the checks (0 = runtime default)
     overwrite: bool = False
     calibration_budget_s: float = 10.0  # time to measure every engine/variant for ``--engine auto`` (0: skip)
+    calibration: str | None = None  # ov-int8: real inputs (directory or manifest); default: the sample data
 
     def validate(self) -> None:
         check_opset(self.opset, self.dynamo)
@@ -154,7 +155,7 @@ def _heldout(exp: _Exported) -> dict[str, np.ndarray]:
     return heldout
 
 
-def _variants(exp: _Exported, fp32, heldout, work: Path, opts: ExportOptions):
+def _variants(ckpt, exp: _Exported, fp32, heldout, work: Path, opts: ExportOptions):
     """Build each requested variant against fp32 on ``heldout``; return (manifest variants, details, fp32 s/batch).
 
     The details get each variant's speed relative to fp32 ORT, timed on the same batch.
@@ -167,6 +168,7 @@ def _variants(exp: _Exported, fp32, heldout, work: Path, opts: ExportOptions):
         result = make_variant(
             name, exp.onnx_path, work, exp.names, heldout, reference,
             bars=opts.min_cosine, explicit=opts.variants_explicit, threads=opts.threads,
+            calibration=lambda: _calibration_inputs(ckpt, exp, opts),
         )  # fmt: skip
         if result is None:
             continue
@@ -179,6 +181,14 @@ def _variants(exp: _Exported, fp32, heldout, work: Path, opts: ExportOptions):
         for d in details.values():
             d["speed_vs_fp32_ort"] = fp32_seconds / d["seconds_per_batch"] if d["seconds_per_batch"] else None
     return variants, details, fp32_seconds
+
+
+def _calibration_inputs(ckpt, exp: _Exported, opts: ExportOptions):
+    """Real calibration / held-out batches for static quantisation, through the model's preprocessing."""
+    from d2v.export.calibration_data import calibration_feeds
+
+    source = Path(opts.calibration) if opts.calibration else None
+    return calibration_feeds(ckpt.config.modality, ckpt.preprocessing, ckpt.path, source, exp.top_k_feed)
 
 
 def _optimize(ckpt, exp: _Exported, heldout, work: Path, opts: ExportOptions, variants: dict) -> dict | None:
@@ -262,7 +272,7 @@ def export_to_dir(ckpt, sha: str, work: Path, opts: ExportOptions) -> ModelManif
     fp32 = ort_runner(exp.onnx_path, exp.names, opts.threads)
     parity = _parity(exp, fp32)
     heldout = _heldout(exp)
-    variants, details, fp32_seconds = _variants(exp, fp32, heldout, work, opts)
+    variants, details, fp32_seconds = _variants(ckpt, exp, fp32, heldout, work, opts)
     optimization = _optimize(ckpt, exp, heldout, work, opts, variants)
     if ckpt.config.modality == "text":  # the export ships the tokenizer
         tok = ckpt.preprocessing.tokenizer_file

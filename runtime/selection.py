@@ -4,8 +4,9 @@ The choice is made from measurements, never from a table of expectations:
 
 1. **Candidates**: every (engine, variant) of ``model.json`` that an installed engine can run on this host:
    ONNX Runtime for the ONNX files (fp32, int8, optimized; fp16 only where CUDA is available), OpenVINO for
-   the fp32 graph (f32) and, where OpenVINO reports BF16, the bf16 variant. A missing capability simply
-   removes candidates, so a CPU without BF16 (or a host without OpenVINO) falls back to what it has.
+   the fp32 graph (f32), the NNCF int8 IR (ov-int8) and, where OpenVINO reports BF16, the bf16 variant. A
+   missing capability simply removes candidates, so a CPU without BF16 (or a host without OpenVINO) falls
+   back to what it has.
 2. **Measurements** (items/s and the worst pooled cosine against ONNX Runtime fp32 on the same batch), taken
    on one synthetic batch shaped like traffic, within a time budget (default 10 s per model). ``d2v export``
    records them in ``model.json`` (``calibration``) with the host's CPU fingerprint; a server on a host with
@@ -157,8 +158,10 @@ def candidates(manifest: ModelManifest, caps: Capabilities) -> list[Candidate]:
         if caps.openvino and v.engine in (None, "openvino"):
             if v.precision == "bf16" and not caps.bf16:
                 continue
-            if v.precision in ("fp32", "bf16"):
-                found.append(Candidate("openvino", name, "bf16" if v.precision == "bf16" else "f32"))
+            if v.precision == "fp32":
+                found.append(Candidate("openvino", name, "f32"))
+            elif v.precision in ("bf16", "int8") and v.engine == "openvino":  # the hint; an NNCF int8 IR
+                found.append(Candidate("openvino", name, v.precision))
     found.sort(key=lambda c: (c.engine, c.variant) != REFERENCE)
     return found
 
@@ -180,9 +183,8 @@ def _engine(manifest: ModelManifest, model_dir: Path, cand: Candidate, threads: 
     if cand.engine == "openvino":
         from .engines.openvino import OpenVinoEngine
 
-        return OpenVinoEngine(
-            manifest, model_dir, variant=cand.variant, precision=cand.precision, intra_op_threads=threads
-        )
+        hint = "bf16" if cand.precision == "bf16" else "f32"  # an int8 IR keeps its other ops in f32
+        return OpenVinoEngine(manifest, model_dir, variant=cand.variant, precision=hint, intra_op_threads=threads)
     from .engines.onnxruntime import OnnxRuntimeEngine
 
     return OnnxRuntimeEngine(manifest, model_dir, variant=cand.variant, intra_op_threads=threads)
