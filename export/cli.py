@@ -78,9 +78,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--calibration-budget",
         type=float,
-        default=10.0,
+        default=60.0,
         metavar="SECONDS",
-        help="measure every engine/variant on this host for `d2v serve --engine auto` (0 = skip; default 10)",
+        help="measure every engine/variant on this host for `d2v serve --engine auto` (0 = skip; default 60)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     t = p.add_argument_group("triton (--format triton)")

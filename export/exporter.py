@@ -48,7 +48,7 @@ class ExportOptions:
     max_batch_size: int = 64
     threads: int = 0  # ORT / OpenVINO threads for the checks (0 = runtime default)
     overwrite: bool = False
-    calibration_budget_s: float = 10.0  # time to measure every engine/variant for ``--engine auto`` (0: skip)
+    calibration_budget_s: float = 60.0  # time to measure every engine/variant for ``--engine auto`` (0: skip)
     calibration: str | None = None  # ov-int8: real inputs (directory or manifest); default: the sample data
 
     def validate(self) -> None:

@@ -209,8 +209,11 @@ def measure(
     threads: int = 0,
     batch: int = 8,
 ) -> Calibration:
-    """Time each candidate on one batch (equal share of ``budget_s`` each, at least two runs) and score its
-    pooled cosine against the first candidate (ONNX Runtime fp32). Candidates past the budget are skipped."""
+    """Time each candidate on one batch and score its pooled cosine against the first (ONNX Runtime fp32).
+
+    Each candidate gets an equal share of ``budget_s``, its loading included: at least one timed run after a
+    warm-up, more while its share lasts (at most 50). Candidates reached after the budget is spent are
+    listed in ``skipped`` (the reference is always measured)."""
     start = time.perf_counter()
     inputs = calibration_batch(manifest, Path(model_dir), batch)
     outputs = list(output_names(manifest.modality))
@@ -222,13 +225,13 @@ def measure(
         if results and time.perf_counter() - start > budget_s:
             skipped.append(f"{cand.engine}/{cand.variant}")
             continue
+        deadline = time.perf_counter() + share
         engine = _engine(manifest, Path(model_dir), cand, threads)
         engine._load_sync()
         got = engine._run_sync(inputs, outputs)  # warm-up, and the output scored
         reference = got if reference is None else reference
         times: list[float] = []
-        slice_start = time.perf_counter()
-        while len(times) < 2 or (time.perf_counter() - slice_start < share and len(times) < 50):
+        while not times or (time.perf_counter() < deadline and len(times) < 50):
             t0 = time.perf_counter()
             engine._run_sync(inputs, outputs)
             times.append(time.perf_counter() - t0)
@@ -238,6 +241,18 @@ def measure(
     seconds = time.perf_counter() - start
     shape = {k: list(v.shape) for k, v in inputs.items()}
     return Calibration(fingerprint, {"inputs": shape, "threads": threads}, results, round(seconds, 2), skipped)
+
+
+def by_promise(cands: list[Candidate], prior: Calibration | None) -> list[Candidate]:
+    """The reference first, then the candidates most likely to win, so a short budget measures those: by a
+    prior calibration's items/s (another host's ranking is still a good guess), else bf16, int8, f32."""
+    rates = {(m.engine, m.variant): m.items_per_s for m in prior.measurements} if prior else {}
+    rank = {"bf16": 0, "int8": 1, "fp16": 2, "f32": 3, "fp32": 3}
+
+    def key(c: Candidate) -> tuple:
+        return ((c.engine, c.variant) != REFERENCE, -rates.get((c.engine, c.variant), 0.0), rank.get(c.precision, 4))
+
+    return sorted(cands, key=key)
 
 
 # -------------------------------------------------------------------------------------------- choosing
@@ -318,8 +333,9 @@ def select(
     caps: Capabilities | None = None,
 ) -> Selection:
     """The ``auto`` choice for one model: reuse export's or the cache's measurements made on this host (with
-    the same candidates), else measure within ``budget_s`` and cache. ``variant`` restricts the choice to the
-    engines that run that variant (the fp32 reference is still measured, for the cosine)."""
+    the same candidates), else measure within ``budget_s`` (most promising candidates first) and cache what
+    was measured; a later start completes a partial cache. ``variant`` restricts the choice to the engines
+    that run that variant (the fp32 reference is still measured, for the cosine)."""
     caps = caps or detect_capabilities()
     cands = candidates(manifest, caps)
     if variant is not None and not any(c.variant == variant for c in cands):
@@ -332,15 +348,23 @@ def select(
     fp_id = fingerprint_id(fp)
     paths = _cache_paths(manifest, model_dir, fp_id)
 
-    def usable(cal: Calibration | None) -> bool:
-        measured = {(m.engine, m.variant) for m in cal.measurements} if cal else set()
-        same_threads = cal is not None and cal.batch.get("threads", 0) == threads
-        return cal is not None and fingerprint_id(cal.fingerprint) == fp_id and measured == wanted and same_threads
+    def on_this_host(cal: Calibration | None) -> bool:
+        return cal is not None and fingerprint_id(cal.fingerprint) == fp_id and cal.batch.get("threads", 0) == threads
 
-    for source, cal in (("export", recorded_calibration(manifest)), ("cache", _read_cache(paths))):
-        if usable(cal):
+    def complete(cal: Calibration | None) -> bool:
+        return on_this_host(cal) and {(m.engine, m.variant) for m in cal.measurements} == wanted
+
+    recorded, cached = recorded_calibration(manifest), _read_cache(paths)
+    for source, cal in (("export", recorded), ("cache", cached)):
+        if complete(cal):
             return choose(manifest, cal, min_cosine, source, variant)
-    cal = measure(manifest, model_dir, cands, budget_s=budget_s, threads=threads)
-    if not cal.skipped:  # a partial measurement is used once, never cached
-        _write_cache(paths, cal)
+    # Measure what this host has not measured yet (a budget cut short last time: the rest now), the
+    # reference again for the cosines, and keep what was measured before.
+    kept = [m for m in cached.measurements if (m.engine, m.variant) in wanted] if on_this_host(cached) else []
+    done = {(m.engine, m.variant) for m in kept} - {REFERENCE}
+    todo = by_promise([c for c in cands if (c.engine, c.variant) not in done], recorded)
+    cal = measure(manifest, model_dir, todo, budget_s=budget_s, threads=threads)
+    new = {(m.engine, m.variant) for m in cal.measurements}
+    cal.measurements = [m for m in kept if (m.engine, m.variant) not in new] + cal.measurements
+    _write_cache(paths, cal)  # partial too: the next start measures only what is missing
     return choose(manifest, cal, min_cosine, "calibration", variant)

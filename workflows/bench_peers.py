@@ -23,6 +23,7 @@ inside the functions that need them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 
 MODALITIES = ("text", "audio", "image")
 SIZES = ("tiny", "base")
-BEGIN_MARK = "<!-- d2v:peers:begin -->"
-END_MARK = "<!-- d2v:peers:end -->"
 HF_FP32, HF_BF16 = "fp32 eager", "bf16 autocast"
 GATEWAY_CONCURRENCY = 16
 GATEWAY_ITEMS = 8
@@ -66,7 +65,8 @@ class PeersOptions:
     gateway: bool = True
     gateway_requests: int = 200
     gateway_duration_s: float = 20.0
-    calibration_budget_s: float = 30.0
+    gateway_modalities: tuple[str, ...] = MODALITIES  # of ``modalities``, those that also get a gateway run
+    calibration_budget_s: float | None = None  # None: the project's defaults (export and ``--engine auto``)
     seed: int = 0
     progress: bool = True
     work_dir: Path | None = None  # where models are built (default: a temporary directory)
@@ -109,7 +109,14 @@ def hf_config(modality: str, size: str):
             num_conv_pos_embeddings=3,
         )
     dims = (
-        dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)
+        dict(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
         if tiny
         else {}
     )
@@ -122,6 +129,22 @@ def hf_config(modality: str, size: str):
     )
 
 
+def trained_scale(model, seed: int) -> None:
+    """Random weights at the scales of a trained network: every matrix (not the token / position embeddings
+    and convolutions) drawn from N(0, 1/fan_in), every vector (norms, biases, layer scale) perturbed by
+    N(0, 0.1). HF's own init (std 0.02) leaves each block close to the identity, so the top-K layers are
+    nearly equal and even averaging the wrong layers would keep cosine > 0.9999; at these scales it does not."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2 and "embeddings" not in name and "conv" not in name:
+                param.copy_(torch.randn(param.shape, generator=g) / param.shape[1] ** 0.5)
+            elif param.dim() == 1:
+                param.add_(torch.randn(param.shape, generator=g) * 0.1)
+
+
 def build_hf(modality: str, size: str, src: Path, seed: int):
     """A random-weight HF model (eval mode), saved with ``save_pretrained`` to ``src`` (+ tokenizer.json)."""
     import torch
@@ -130,6 +153,7 @@ def build_hf(modality: str, size: str, src: Path, seed: int):
     torch.manual_seed(seed)
     cls = {"text": Data2VecTextModel, "audio": Data2VecAudioModel, "image": Data2VecVisionModel}[modality]
     model = cls(hf_config(modality, size)).eval()
+    trained_scale(model, seed + 1)
     model.save_pretrained(src)
     if modality == "text":
         from d2v.models.preprocessing import train_bpe_tokenizer
@@ -144,21 +168,21 @@ def build_export(modality: str, size: str, root: Path, opts: PeersOptions, caps)
     """HF model -> ``d2v convert hf`` -> ``d2v export`` (every variant this host runs). Returns
     ``(hf_model, manifest, model_dir, notes)``."""
     from d2v.export.exporter import ExportOptions, export_onnx
-    from d2v.export.variants import VariantRefused
+    from d2v.export.variants import VARIANTS, VariantRefused
     from d2v.models.convert_hf import convert_hf
 
     src, ckpt, out = root / f"hf-{modality}", root / f"ckpt-{modality}", root / "store" / f"peers-{modality}-{size}"
     hf = build_hf(modality, size, src, opts.seed)
     convert_hf(src, ckpt)
-    variants = ["int8", "bf16", *(["fp16"] if caps.cuda else [])]  # fp16 is for GPUs
+    variants = [v for v in VARIANTS if v != "fp16" or caps.cuda]  # every variant the project has; fp16 is for GPUs
     notes: list[str] = []
     while True:
         eopts = ExportOptions(
             variants=variants,
             variants_explicit=False,  # bf16 only where the CPU has BF16
             threads=opts.resolved_threads(),
-            calibration_budget_s=opts.calibration_budget_s,
             overwrite=True,
+            **({} if opts.calibration_budget_s is None else {"calibration_budget_s": opts.calibration_budget_s}),
         )
         try:
             manifest = export_onnx(ckpt, out, eopts)
@@ -208,8 +232,6 @@ def hf_pooled(model, modality: str, inputs: dict[str, Any], top_k: int, *, bf16:
     """The served pooled embedding, computed from HF hidden states (independently of ``d2v.models.embedding``):
     mean of the top-K block outputs, each layer-normed per token without parameters, then a masked mean over
     real tokens (text: every real token, <s> included; audio: real frames; image: patches, CLS excluded)."""
-    import contextlib
-
     import torch
     import torch.nn.functional as F
 
@@ -294,11 +316,12 @@ def _hf_rows(hf, modality: str, inputs: dict[str, Any], top_k: int, batch: int, 
     return rows, reference
 
 
-def _engine_config(engine: str, variant: str | None, precision: str, threads: int):
+def _engine_config(engine: str, variant: str | None, precision: str, threads: int, budget_s: float | None = None):
     from d2v.runtime.engines import EngineConfig
 
     ov = "bf16" if precision == "bf16" else "f32"
-    return EngineConfig(engine=engine, variant=variant, intra_op_threads=threads, openvino_precision=ov)
+    budget = {} if budget_s is None else {"calibration_budget_s": budget_s}
+    return EngineConfig(engine=engine, variant=variant, intra_op_threads=threads, openvino_precision=ov, **budget)
 
 
 async def _engine_rows(manifest, model_dir: Path, cands, feeds_: dict, reference, batch: int, opts, step):
@@ -310,7 +333,8 @@ async def _engine_rows(manifest, model_dir: Path, cands, feeds_: dict, reference
     plan = [("engine", c.engine, c.variant, c.precision) for c in cands] + [("auto", "auto", None, "")]
     selection = None
     for kind, engine_name, variant, precision in plan:
-        engine = build_engine(manifest, model_dir, _engine_config(engine_name, variant, precision, threads))
+        config = _engine_config(engine_name, variant, precision, threads, opts.calibration_budget_s)
+        engine = build_engine(manifest, model_dir, config)
         await engine.load()
         try:
             seconds, out = await timed_async(lambda engine=engine: engine.embed(feeds_, [MEAN_OUTPUT]), opts.repeats)
@@ -318,15 +342,18 @@ async def _engine_rows(manifest, model_dir: Path, cands, feeds_: dict, reference
                 selection = engine.selection
                 engine_name, variant = engine.describe()["engine"], engine.describe()["variant"]
                 precision = selection["precision"] if selection else ""
-            rows.append(_row(kind, engine_name, variant, precision, batch, seconds, worst_cosine(reference, out[MEAN_OUTPUT])))
+            rows.append(
+                _row(kind, engine_name, variant, precision, batch, seconds, worst_cosine(reference, out[MEAN_OUTPUT]))
+            )
         finally:
             await engine.close()
         step()
     return rows, selection
 
 
-def _gateway(manifest, model_dir: Path, hf, hf_cfg, opts: PeersOptions, step) -> tuple[dict, dict]:
-    """The gateway end to end (auto engine), plus HF and the auto engine on the same 8 preprocessed items."""
+def _gateway(manifest, model_dir: Path, hf, chosen: dict, opts: PeersOptions, step) -> tuple[dict, dict]:
+    """The gateway end to end with the auto choice (resolved once, by the ``auto`` row), plus HF and that
+    engine called directly on the same 8 preprocessed items (the gateway row's peer and cosine)."""
     from d2v.models.preprocessing import build_preprocessor
     from d2v.runtime.engines import build_engine
     from d2v.server.bench import bench_serve, sample_inputs
@@ -340,18 +367,26 @@ def _gateway(manifest, model_dir: Path, hf, hf_cfg, opts: PeersOptions, step) ->
     fp32_s, reference = timed(lambda: hf_pooled(hf, manifest.modality, inputs, manifest.top_k), opts.repeats)
     bf16_s, _ = timed(lambda: hf_pooled(hf, manifest.modality, inputs, manifest.top_k, bf16=True), opts.repeats)
     peer_name, peer_s = min(((HF_FP32, fp32_s), (HF_BF16, bf16_s)), key=lambda p: p[1])
+    config = _engine_config(chosen["engine"], chosen["variant"], chosen["precision"], threads)
 
-    async def auto_output() -> np.ndarray:
-        engine = build_engine(manifest, model_dir, _engine_config("auto", None, "", threads))
+    async def served() -> np.ndarray:
+        engine = build_engine(manifest, model_dir, config)
         await engine.load()
         try:
             return (await engine.embed(arrays, [MEAN_OUTPUT]))[MEAN_OUTPUT]
         finally:
             await engine.close()
 
-    cosine = worst_cosine(reference, asyncio.run(auto_output()))
+    cosine = worst_cosine(reference, asyncio.run(served()))
+    # The concrete engine, variant and OpenVINO precision of the auto choice: the gateway runs exactly what
+    # the auto row measured (with ``engine="auto"`` every start could measure and choose again).
     settings = ServerSettings(
-        store=model_dir.parent, models=[str(model_dir)], engine="auto", intra_op_threads=threads
+        store=model_dir.parent,
+        models=[str(model_dir)],
+        engine=config.engine,
+        variant=config.variant,
+        openvino_precision=config.openvino_precision,
+        intra_op_threads=threads,
     )
     result = bench_serve(
         settings,
@@ -361,9 +396,8 @@ def _gateway(manifest, model_dir: Path, hf, hf_cfg, opts: PeersOptions, step) ->
         duration_s=opts.gateway_duration_s,
     )
     step()
-    rps = result["gateway"]["requests_per_s"]
-    row = _row("gateway", result["engine_kind"], result["variant"], "", 1, 1.0, cosine)
-    row["items_per_s"] = rps * GATEWAY_ITEMS
+    row = _row("gateway", chosen["engine"], chosen["variant"], chosen["precision"], 1, 1.0, cosine)
+    row["items_per_s"] = result["gateway"]["requests_per_s"] * GATEWAY_ITEMS
     row.update(
         concurrency=GATEWAY_CONCURRENCY,
         items=GATEWAY_ITEMS,
@@ -382,10 +416,8 @@ def _versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for dist in ("torch", "transformers", "onnxruntime", "openvino"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 
@@ -411,9 +443,7 @@ def bench_modality(modality: str, root: Path, opts: PeersOptions, caps, bar) -> 
     bar.set_postfix_str(f"{modality}: HF")
     rows, reference = _hf_rows(hf, modality, inputs, manifest.top_k, batch, opts.repeats, step)
     bar.set_postfix_str(f"{modality}: engines")
-    engine_rows, chosen = asyncio.run(
-        _engine_rows(manifest, model_dir, cands, arrays, reference, batch, opts, step)
-    )
+    engine_rows, chosen = asyncio.run(_engine_rows(manifest, model_dir, cands, arrays, reference, batch, opts, step))
     rows += engine_rows
     peer = max((r for r in rows if r["kind"] == "hf"), key=lambda r: r["items_per_s"])
     for r in rows:
@@ -421,9 +451,10 @@ def bench_modality(modality: str, root: Path, opts: PeersOptions, caps, bar) -> 
         r["peer_items_per_s"] = peer["items_per_s"]
         r["ratio_vs_peer"] = r["items_per_s"] / peer["items_per_s"]
     gateway = None
-    if opts.gateway:
+    if opts.gateway and modality in opts.gateway_modalities:
         bar.set_postfix_str(f"{modality}: gateway")
-        row, gateway = _gateway(manifest, model_dir, hf, hf.config, opts, step)
+        auto = next(r for r in rows if r["kind"] == "auto")
+        row, gateway = _gateway(manifest, model_dir, hf, auto, opts, step)
         rows.append(row)
     for r in rows:
         r["label"] = _label(r)
@@ -486,10 +517,11 @@ def run_peers(opts: PeersOptions) -> dict[str, Any]:
         "versions": _versions(),
         "modalities": {},
     }
-    per_modality = 3 + int(opts.gateway)  # export, HF fp32, HF bf16 (+ gateway); engines added once known
+    # export, HF fp32, HF bf16 (+ gateway) per modality; the engines are added once the export says which
+    total = 3 * len(opts.modalities) + (len(set(opts.modalities) & set(opts.gateway_modalities)) if opts.gateway else 0)
     with tempfile.TemporaryDirectory(prefix="d2v-peers-") as tmp:
         root = Path(opts.work_dir or tmp)
-        with tqdm(total=per_modality * len(opts.modalities), desc="bench peers", disable=not opts.progress) as bar:
+        with tqdm(total=total, desc="bench peers", disable=not opts.progress) as bar:
             for modality in opts.modalities:
                 result["modalities"][modality] = bench_modality(modality, root, opts, caps, bar)
     result["seconds"] = round(time.perf_counter() - start, 1)

@@ -3,6 +3,7 @@
 
     d2v quickstart [--store DIR] [--seed 0] [--steps-scale 1.0] [--modalities text image audio] [--force]
     d2v quality-report [--store DIR] [--record NOTE] [--override MODALITY:KEY=VALUE ...]
+    d2v bench peers [--size tiny|base] [--modalities ...] [--repeats N] [--threads N] [--out DIR] [--no-gateway]
 """
 
 from __future__ import annotations
@@ -59,6 +60,79 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="probe the checkpoints without exporting them (faster tuning runs; same numbers)",
     )
     q.set_defaults(func=_quality)
+
+
+def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
+    p = bench_subparsers.add_parser(
+        "peers",
+        help="HF transformers (fp32 eager, bf16 autocast) vs every engine/variant, auto and the gateway",
+        description="Build random-weight HF Data2Vec models offline, convert and export them, and measure on "
+        "the same tensors: HF fp32 eager and bf16 autocast, every (engine, variant) this host runs, the auto "
+        "choice and (unless --no-gateway) the gateway at 16 concurrent clients. Reports items/s, the ratio vs "
+        "HF's faster configuration and the worst-row cosine vs a reference from HF hidden states "
+        "(peers.json, peers.md, peers.png under --out).",
+    )
+    p.add_argument("--size", choices=["tiny", "base"], default="base", help="base: the real comparison (default)")
+    p.add_argument("--modalities", nargs="+", choices=["text", "audio", "image"], default=["text", "audio", "image"])
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per row, after one warm-up (median)")
+    p.add_argument("--threads", type=int, default=0, help="torch / ORT / OpenVINO threads (default: all cores)")
+    p.add_argument("--out", type=Path, default=Path("bench-peers"), help="directory for peers.{json,md,png}")
+    p.add_argument("--no-gateway", dest="gateway", action="store_false", help="skip the gateway end to end")
+    p.add_argument("--gateway-requests", type=int, default=200, help="requests per gateway phase (at most)")
+    p.add_argument("--gateway-duration", type=float, default=20.0, help="seconds per gateway phase (at most)")
+    p.add_argument(
+        "--gateway-modalities",
+        nargs="+",
+        choices=["text", "audio", "image"],
+        default=None,
+        help="modalities that also get a gateway run (default: all of --modalities)",
+    )
+    p.add_argument(
+        "--calibration-budget",
+        type=float,
+        default=None,
+        help="seconds for the export's calibration and for auto's (default: the project's defaults)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="weights seed")
+    p.add_argument(
+        "--update-docs",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FILE",
+        help="regenerate the peers section of FILE (default docs/benchmarks.md of the repository)",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_bench_peers)
+
+
+def _bench_peers(args: argparse.Namespace) -> int:
+    from d2v.core.paths import repo_root
+    from d2v.workflows.bench_peers import PeersOptions, run_peers
+    from d2v.workflows.bench_peers_report import format_markdown
+
+    docs = None
+    if args.update_docs is not None:
+        docs = Path(args.update_docs) if args.update_docs else repo_root() / "docs" / "benchmarks.md"
+    opts = PeersOptions(
+        size=args.size,
+        modalities=tuple(args.modalities),
+        repeats=args.repeats,
+        threads=args.threads,
+        out=args.out,
+        gateway=args.gateway,
+        gateway_requests=args.gateway_requests,
+        gateway_duration_s=args.gateway_duration,
+        gateway_modalities=tuple(args.gateway_modalities or args.modalities),
+        calibration_budget_s=args.calibration_budget,
+        seed=args.seed,
+        progress=args.progress,
+        docs=docs,
+    )
+    result = run_peers(opts)
+    print(format_markdown(result, png=None))
+    print(f"wrote {args.out}/peers.json, peers.md, peers.png" + (f" and {docs}" if docs else ""))
+    return 0
 
 
 def _common(p: argparse.ArgumentParser, store_help: str | None = None) -> None:

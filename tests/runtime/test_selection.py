@@ -139,12 +139,34 @@ def test_variant_with_auto_and_unknown_variant(model_dir):
         select(m, model_dir, caps=caps, variant="bf16")
 
 
-def test_a_partial_measurement_is_not_cached(model_dir):
+def test_a_cut_short_calibration_is_completed_by_the_next_start(model_dir, monkeypatch):
     m = ModelManifest.load(model_dir)
     caps = Capabilities(onnxruntime=True, openvino=True, bf16=False)
-    chosen = select(m, model_dir, caps=caps, budget_s=1e-6)  # the reference alone fits the budget
-    assert chosen.source == "calibration" and [c["variant"] for c in chosen.candidates] == ["fp32"]
-    assert not (model_dir / "calibration").exists()
+    first = select(m, model_dir, caps=caps, budget_s=1e-6)  # the reference alone fits the budget
+    assert first.source == "calibration" and [c["variant"] for c in first.candidates] == ["fp32"]
+    measured = []
+    real = selection.measure
+    monkeypatch.setattr(
+        selection, "measure", lambda mf, d, cands, **kw: measured.append(cands) or real(mf, d, cands, **kw)
+    )
+    second = select(m, model_dir, caps=caps, budget_s=5.0)
+    # Only the missing candidates (and the reference, for the cosines) were measured; the result is complete.
+    assert [(c.engine, c.variant) for c in measured[0]][0] == ("onnxruntime", "fp32")
+    assert {(c["engine"], c["variant"]) for c in second.candidates} == {
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "int8"),
+        ("openvino", "fp32"),
+    }
+    assert select(m, model_dir, caps=caps).source == "cache" and len(measured) == 1
+
+
+def test_short_budgets_measure_the_most_promising_first(model_dir):
+    m = ModelManifest.load(model_dir)
+    order = [(c.engine, c.variant) for c in selection.by_promise(selection.candidates(m, ALL), None)]
+    assert order[0] == ("onnxruntime", "fp32") and order[1] == ("openvino", "bf16")
+    prior = calibration({("onnxruntime", "fp32"): 1, ("openvino", "fp32"): 9, ("openvino", "bf16"): 3})
+    order = [(c.engine, c.variant) for c in selection.by_promise(selection.candidates(m, ALL), prior)]
+    assert order[:3] == [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
 
 
 @pytest.mark.anyio
