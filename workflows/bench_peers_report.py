@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +130,21 @@ def update_docs(path: Path, section: str) -> None:
     else:
         text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + block + "\n"
     path.write_text(text)
+
+
+def write_outputs(result: dict[str, Any], out: Path, *, docs: Path | None = None) -> dict[str, Path]:
+    """``peers.json``, ``peers.md`` and ``peers.png`` under ``out``; optionally the docs section."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "peers.json", "md": out / "peers.md", "png": out / "peers.png"}
+    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
+    paths["md"].write_text(format_markdown(result) + "\n")
+    plot_png(result, paths["png"])
+    if docs is not None:  # the chart goes beside the docs page, which links it
+        docs = Path(docs)
+        chart = docs.with_name("peers.png")
+        if chart.resolve() != paths["png"].resolve():
+            shutil.copyfile(paths["png"], chart)
+        update_docs(docs, format_markdown(result, heading_level=2, png=chart.name))
+        paths["docs"], paths["docs_png"] = docs, chart
+    return paths
