@@ -78,7 +78,9 @@ class ServerSettings(BaseSettings):
     max_batch_size: int = Field(32, gt=0, description="items per engine call (capped by the manifest's)")
     max_batch_tokens: int = Field(16_384, gt=0, description="padded tokens per text batch (max_len * n)")
     max_batch_samples: int = Field(16_000 * 240, gt=0, description="padded audio samples per batch")
-    max_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits to fill a batch")
+    # 0: continuous batching (TEI's way): an idle engine takes what is queued at once, and everything that
+    # arrives while a batch runs forms the next one; > 0 also waits that long to fill a batch when idle.
+    max_wait_ms: float = Field(0.0, ge=0, description="extra wait to fill a batch when the engine is idle")
     max_queue: int = Field(1024, gt=0, description="queued items per model before 429")
     retry_after_s: float = Field(1.0, gt=0)
     preprocess_workers: int = Field(0, ge=0, description="threads decoding inputs (0 = min(8, CPUs))")
