@@ -63,6 +63,19 @@ def real_tokens(tokens: np.ndarray, token_mask: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(tokens[i])[mask[i]] for i in range(mask.shape[0])]
 
 
+def worst_cosine(reference: np.ndarray, got: np.ndarray) -> float:
+    """The lowest row cosine of two ``[B, D]`` arrays (float64; a NaN row counts as -1)."""
+    a, b = np.asarray(reference, np.float64), np.asarray(got, np.float64)
+    cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
+    return float(np.nan_to_num(cos, nan=-1.0).min())
+
+
+def pooled_cosine(reference: Arrays, got: Arrays) -> float:
+    """The worst row cosine over the pooled outputs present (mean and, for text / image, CLS): how variants
+    and engines are scored against fp32."""
+    return min((worst_cosine(reference[n], got[n]) for n in (MEAN_OUTPUT, CLS_OUTPUT) if n in reference), default=1.0)
+
+
 # ----------------------------------------------------------------------------------------- synthetic inputs
 
 

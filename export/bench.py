@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from d2v.core.contract import InputSpec, feeds, synthetic_inputs
+from d2v.core.contract import InputSpec, feeds, pooled_cosine, synthetic_inputs
 from d2v.core.manifest import ModelManifest
-from d2v.export.variants import cpu_has_bf16, openvino_runner, ort_runner, pooled_cosine
+from d2v.export.variants import cpu_has_bf16, openvino_runner, ort_runner
 
 
 def _inputs(m: ModelManifest, model_dir: Path, batch: int, length: int, seconds: float) -> dict[str, np.ndarray]:

@@ -118,10 +118,3 @@ def save_report(report: dict, directory: Path) -> Path:
     path = Path(directory) / PARITY_FILE
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    num = (a64 * b64).sum(-1)
-    den = np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1)
-    return num / np.maximum(den, 1e-30)

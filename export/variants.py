@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from d2v.core.contract import CLS_OUTPUT, MEAN_OUTPUT
+from d2v.core.contract import pooled_cosine
 from d2v.core.errors import ConfigError, UnprocessableInput
 from d2v.export.onnx_files import save_with_external_data
-from d2v.export.parity import cosine_rows
 
 log = logging.getLogger(__name__)
 
@@ -199,16 +198,6 @@ class VariantResult:
             "seconds_per_batch": self.seconds_per_batch,
             **self.notes,
         }
-
-
-def pooled_cosine(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float:
-    """Worst row cosine over the pooled outputs (mean and, when present, CLS)."""
-    worst = 1.0
-    for name in (MEAN_OUTPUT, CLS_OUTPUT):
-        if name in ref:
-            cos = cosine_rows(ref[name], got[name])
-            worst = min(worst, float(np.nan_to_num(cos, nan=-1.0).min()))
-    return worst
 
 
 def time_runner(run: Runner, feeds: dict[str, np.ndarray], repeats: int = 5) -> float:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from d2v.core.config import from_dict
-from d2v.core.contract import CLS_OUTPUT, MEAN_OUTPUT, InputSpec, feeds, output_names, synthetic_inputs
+from d2v.core.contract import InputSpec, feeds, output_names, pooled_cosine, synthetic_inputs
 from d2v.core.errors import ConfigError
 from d2v.core.files import sha256_file
 from d2v.core.manifest import MANIFEST_FILE, ModelManifest
@@ -190,16 +190,6 @@ def _engine(manifest: ModelManifest, model_dir: Path, cand: Candidate, threads: 
     return OnnxRuntimeEngine(manifest, model_dir, variant=cand.variant, intra_op_threads=threads)
 
 
-def _pooled_cosine(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float:
-    worst = 1.0
-    for name in (MEAN_OUTPUT, CLS_OUTPUT):
-        if name in ref:
-            a, b = ref[name].astype(np.float64), got[name].astype(np.float64)
-            cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
-            worst = min(worst, float(np.nan_to_num(cos, nan=-1.0).min()))
-    return worst
-
-
 def measure(
     manifest: ModelManifest,
     model_dir: Path,
@@ -236,7 +226,7 @@ def measure(
             engine._run_sync(inputs, outputs)
             times.append(time.perf_counter() - t0)
         rate = batch / float(np.median(times))
-        results.append(Measurement(cand.engine, cand.variant, cand.precision, rate, _pooled_cosine(reference, got)))
+        results.append(Measurement(cand.engine, cand.variant, cand.precision, rate, pooled_cosine(reference, got)))
     fingerprint = host_fingerprint()
     seconds = time.perf_counter() - start
     shape = {k: list(v.shape) for k, v in inputs.items()}

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from d2v.core.contract import MEAN_OUTPUT, InputSpec, feeds, synthetic_inputs
-from d2v.workflows.bench_peers_hf import build_hf, hf_feeds, hf_pooled, worst_cosine
+from d2v.core.contract import MEAN_OUTPUT, InputSpec, feeds, synthetic_inputs, worst_cosine
+from d2v.workflows.bench_peers_hf import build_hf, hf_feeds, hf_pooled
 from d2v.workflows.bench_peers_report import write_outputs
 
 log = logging.getLogger(__name__)

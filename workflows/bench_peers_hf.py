@@ -137,9 +137,3 @@ def hf_pooled(model, modality: str, inputs: dict[str, Any], top_k: int, *, bf16:
         mask = (torch.arange(average.shape[1])[None, :] < frames[:, None]).long()
     real = mask.to(average.dtype).unsqueeze(-1)
     return ((average * real).sum(dim=1) / real.sum(dim=1).clamp_min(1.0)).numpy()
-
-
-def worst_cosine(reference: np.ndarray, got: np.ndarray) -> float:
-    a, b = np.asarray(reference, np.float64), np.asarray(got, np.float64)
-    cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
-    return float(np.nan_to_num(cos, nan=-1.0).min())

@@ -94,3 +94,15 @@ def test_input_spec_from_a_manifest():
         Manifest("image", {"image_size": 224}, {"pixel_values": Spec("float32", [-1, 3, 32, 32])})
     )
     assert image.image_size == 32  # the graph's fixed size wins over the preprocessing default
+
+
+def test_pooled_cosine_takes_the_worst_row_of_every_pooled_output():
+    from d2v.core.contract import pooled_cosine, worst_cosine
+
+    ref = {MEAN_OUTPUT: np.array([[1.0, 0.0], [0.0, 1.0]]), CLS_OUTPUT: np.array([[1.0, 1.0], [1.0, 0.0]])}
+    same = {k: v * 3 for k, v in ref.items()}  # scale does not count
+    assert pooled_cosine(ref, same) == pytest.approx(1.0)
+    tilted = {MEAN_OUTPUT: same[MEAN_OUTPUT], CLS_OUTPUT: np.array([[1.0, 1.0], [1.0, 1.0]])}
+    assert pooled_cosine(ref, tilted) == pytest.approx(2**-0.5)  # CLS row 2 is 45 degrees off
+    assert worst_cosine(np.array([[1.0, 0.0]]), np.array([[np.nan, 0.0]])) == -1.0  # NaN fails, never passes
+    assert pooled_cosine({"d2v_token_mask": np.ones((1, 1))}, {}) == 1.0  # nothing pooled to compare

@@ -87,7 +87,8 @@ def test_reference_sees_the_layer_choice(tmp_path):
     a cosine bar of 0.9999 against it is a real check of the layer average, not a formality."""
     import torch
 
-    from d2v.workflows.bench_peers_hf import build_hf, hf_pooled, worst_cosine
+    from d2v.core.contract import worst_cosine
+    from d2v.workflows.bench_peers_hf import build_hf, hf_pooled
 
     torch.manual_seed(0)
     model = build_hf("text", "tiny", tmp_path, seed=0)
