@@ -25,7 +25,7 @@ from d2v.runtime.engines import EmbeddingEngine, build_engine
 from d2v.runtime.store import discover
 
 from .error_handlers import install_error_handlers
-from .media import MediaResolver
+from .media import MediaResolver, fetch_client
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
 from .registry import ModelRegistry
@@ -68,9 +68,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: ServerSettings = state.settings
     http_client = None
     if settings.allow_url_fetch:
-        import httpx
-
-        http_client = httpx.AsyncClient()
+        http_client = fetch_client()
     state.media = MediaResolver(settings, http_client)
     started: list[ServedModel] = []
     try:

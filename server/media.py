@@ -8,13 +8,34 @@ from __future__ import annotations
 
 import base64
 import binascii
-from urllib.parse import urlsplit
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
 
+import anyio
 import httpx
 
 from d2v.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 from .settings import ServerSettings
+from .url_policy import IPAddress, URLPolicy
+
+HostResolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+
+
+async def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (an IP literal resolves to itself)."""
+    try:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise InvalidInput(f"URL host {host!r} does not resolve") from None
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
+
+
+def fetch_client() -> httpx.AsyncClient:
+    """The client URL inputs are fetched with: no proxies from the environment (a proxy would connect to a
+    host the policy never checked), no redirects (set per request), TLS verified against the URL's host."""
+    return httpx.AsyncClient(trust_env=False)
 
 
 def _b64decode(data: str, what: str) -> bytes:
@@ -38,26 +59,17 @@ def decode_data_uri(uri: str, modality: str) -> bytes:
     return _b64decode(payload, "data: URI payload")
 
 
-def url_allowed(url: str, allowlist: list[str]) -> bool:
-    """Same scheme, exact host and port, and a path prefix: a plain string prefix would let
-    ``https://good.example.com.evil.net`` through."""
-    target = urlsplit(url)
-    for entry in allowlist:
-        allowed = urlsplit(entry)
-        if (
-            target.scheme == allowed.scheme
-            and target.hostname == allowed.hostname
-            and target.port == allowed.port
-            and target.path.startswith(allowed.path or "/")
-        ):
-            return True
-    return False
-
-
 class MediaResolver:
-    def __init__(self, settings: ServerSettings, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        client: httpx.AsyncClient | None = None,
+        resolve: HostResolver = resolve_host,
+    ) -> None:
         self.settings = settings
         self._client = client
+        self._policy = URLPolicy(settings.url_allowlist)
+        self._resolve = resolve
 
     async def resolve(self, value: str, modality: str) -> bytes:
         if value.startswith("data:"):
@@ -70,11 +82,22 @@ class MediaResolver:
         s = self.settings
         if not s.allow_url_fetch or self._client is None:
             raise InvalidInput("URL inputs are disabled on this server; send base64 or a data: URI")
-        if not url_allowed(url, s.url_allowlist):
-            raise InvalidInput("URL is not on this server's allow-list")
+        canonical, entry = self._policy.check(url)
+        address = canonical.ip
+        if address is None:
+            address = self._policy.check_addresses(entry, await self._resolve(canonical.host, canonical.port))
+        # Connect to the checked address (no second lookup to rebind); Host header and TLS SNI/verification
+        # stay the URL's host. No redirects: a redirect could leave the allow-list.
+        request = self._client.build_request(
+            "GET",
+            canonical.target(str(address)),
+            headers={"host": canonical.host_header()},
+            extensions={"sni_hostname": canonical.host},
+            timeout=s.url_fetch_timeout_s,
+        )
         try:
-            # No redirects: a redirect could leave the allow-list.
-            async with self._client.stream("GET", url, follow_redirects=False, timeout=s.url_fetch_timeout_s) as resp:
+            resp = await self._client.send(request, stream=True, follow_redirects=False)
+            try:
                 if resp.status_code != 200:
                     raise InvalidInput(f"fetching the URL returned HTTP {resp.status_code}")
                 chunks, size = [], 0
@@ -83,6 +106,8 @@ class MediaResolver:
                     if size > s.max_body_bytes:
                         raise PayloadTooLarge(f"URL content is over {s.max_body_bytes} bytes")
                     chunks.append(chunk)
+            finally:
+                await resp.aclose()
         except httpx.HTTPError as exc:
             raise InvalidInput(f"cannot fetch the URL: {type(exc).__name__}") from None
         return b"".join(chunks)

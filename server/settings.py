@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from d2v.core.paths import default_store
 from d2v.runtime.engines import EngineConfig
 
+from .url_policy import URLPolicy
+
 EngineName = Literal["auto", "onnxruntime", "openvino", "triton"]
 
 # Set by ``d2v serve --workers N`` so every uvicorn worker process rebuilds exactly the parent's settings.
@@ -95,6 +97,7 @@ class ServerSettings(BaseSettings):
     def _check(self) -> ServerSettings:
         if self.allow_url_fetch and not self.url_allowlist:
             raise ValueError("allow_url_fetch needs a non-empty url_allowlist (D2V_URL_ALLOWLIST)")
+        URLPolicy(self.url_allowlist)  # every entry must normalise: refuse a bad allow-list at start-up
         if self.max_items_per_request > self.max_queue:
             raise ValueError("max_items_per_request must not exceed max_queue")
         return self
