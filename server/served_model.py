@@ -43,14 +43,26 @@ class TokenIds:
 
 
 class RawPreprocessor:
-    """For engines that preprocess server-side (Triton ensemble): the raw bytes travel as BYTES [B, 1]."""
+    """For engines that preprocess server-side (Triton ensemble): the raw bytes travel as BYTES [B, 1].
 
-    def __init__(self, modality: str, input_name: str) -> None:
+    Text limits still apply here as in encoder mode: the character limit before anything is sent, and
+    ``truncate: false`` by tokenizing locally (``length_check``, the same text preprocessor) to refuse an
+    over-long input with the same 413 instead of letting the ensemble truncate it silently.
+    """
+
+    def __init__(self, modality: str, input_name: str, length_check: Any = None) -> None:
         self.modality = modality
         self.input_name = input_name
+        self.length_check = length_check
 
-    def load_item(self, raw: Any) -> bytes:
-        return raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+    def load_item(self, raw: Any, *, truncate: bool = True) -> bytes:
+        if isinstance(raw, str):
+            if not truncate:
+                if self.length_check is None:
+                    raise InvalidInput("'truncate: false' needs the model's tokenizer next to the gateway's manifest")
+                self.length_check.load_item(raw, truncate=False)
+            return raw.encode("utf-8")
+        return bytes(raw)
 
     def collate(self, items: list[bytes]) -> dict[str, np.ndarray]:
         return {self.input_name: np.array([[item] for item in items], dtype=object)}
@@ -98,7 +110,18 @@ class ServedModel:
 
     def _build_preprocessor(self) -> Any:
         if self.engine.raw_inputs:
-            return RawPreprocessor(self.modality, self.manifest.triton.raw_input)
+            return RawPreprocessor(self.modality, self.manifest.triton.raw_input, self._length_check())
+        return self._local_preprocessor()
+
+    def _length_check(self) -> Any:
+        if self.modality != "text":
+            return None
+        try:
+            return self._local_preprocessor()
+        except D2VError:  # no tokenizer beside the manifest: 'truncate: false' is refused with a 400 then
+            return None
+
+    def _local_preprocessor(self) -> Any:
         limits: dict[str, Any] = {}
         if self.modality == "text":
             limits = {"truncate": self.settings.truncate}
@@ -112,7 +135,7 @@ class ServedModel:
 
     # ------------------------------------------------------------------------------------- limits
     def limits(self) -> dict[str, Any]:
-        pre = self.preprocessor
+        pre = getattr(self.preprocessor, "length_check", None) or self.preprocessor
         out: dict[str, Any] = {"max_batch_size": self.max_batch_size}
         if self.modality == "text":
             out["max_input_tokens"] = getattr(pre, "max_length", None)
@@ -128,9 +151,12 @@ class ServedModel:
 
     # -------------------------------------------------------------------------------- preprocessing
     def _load_one(self, raw: Any, truncate: bool) -> Any:
-        if self.engine.raw_inputs:
-            return self.preprocessor.load_item(raw)
         if isinstance(raw, TokenIds):
+            if self.engine.raw_inputs:
+                raise InvalidInput(
+                    "token-id input is not available when Triton runs the ensemble, which tokenizes the text "
+                    "itself (--triton-mode encoder accepts token ids)"
+                )
             return self._load_ids(raw.ids, truncate)
         if self.modality == "text":
             if not isinstance(raw, str):
@@ -145,7 +171,7 @@ class ServedModel:
                     )
                 raw = raw[: self.settings.max_text_chars]
             return self.preprocessor.load_item(raw, truncate=truncate)
-        if self.modality == "audio":
+        if self.modality == "audio":  # a header read; the ensemble gets the same refusal as encoder mode
             rate = probe(raw).sample_rate
             if rate > self.settings.max_audio_sample_rate:
                 raise PayloadTooLarge(f"audio sample rate {rate} Hz is above {self.settings.max_audio_sample_rate} Hz")

@@ -151,6 +151,37 @@ async def test_input_only_triton_rejects_is_400_and_gateway_keeps_serving(triton
         assert (await client.get("/readyz")).status_code == 200
 
 
+async def test_ensemble_applies_the_text_limits_of_encoder_mode(triton_server, tiny_exports):
+    """Token ids, ``truncate: false`` and the character limit: the same answer in both Triton modes, or a 400
+    that says why (token ids: the ensemble tokenizes the text itself)."""
+    long_text = "many words " * 300  # far over the tiny model's token limit, under the character limit
+    cases = {
+        "tokens_over_limit": ("/v1/embed/text", {"input": [long_text], "truncate": False}),
+        "chars_over_limit": ("/v1/embed/text", {"input": ["x" * 5000], "truncate": False}),
+        "chars_truncated": ("/v1/embed/text", {"input": ["é" * 5000], "encoding_format": "float"}),
+        "token_ids": ("/v1/embeddings", {"model": "tiny_text", "input": [[0, 5, 6, 2]], "encoding_format": "float"}),
+    }
+    answers = {}
+    for mode in ("encoder", "ensemble"):
+        settings = _triton_settings(
+            _store(tiny_exports), triton_server, mode, "grpc", models=["tiny_text"], max_text_chars=4000
+        )
+        async with asgi_client(create_app(settings), ready=False) as client:
+            await _wait_ready(client)
+            for case, (route, body) in cases.items():
+                resp = await client.post(route, json=body)
+                answers[(mode, case)] = (resp.status_code, resp.json())
+    for case in ("tokens_over_limit", "chars_over_limit"):  # the same 413, word for word
+        assert answers[("ensemble", case)] == answers[("encoder", case)], case
+        assert answers[("encoder", case)][0] == 413, answers[("encoder", case)]
+    encoder, ensemble = answers[("encoder", "chars_truncated")], answers[("ensemble", "chars_truncated")]
+    assert encoder[0] == ensemble[0] == 200
+    np.testing.assert_allclose(ensemble[1]["data"][0]["embedding"], encoder[1]["data"][0]["embedding"], atol=ATOL)
+    assert answers[("encoder", "token_ids")][0] == 200
+    status, body = answers[("ensemble", "token_ids")]
+    assert status == 400 and "--triton-mode encoder" in body["error"]["message"], body
+
+
 async def test_triton_down_is_503_and_gateway_recovers_when_it_is_back(triton_repo, tiny_exports):
     """A private tritonserver (text models only), stopped and started again on the same ports."""
     reason = tf.triton_skip_reason()
