@@ -35,12 +35,35 @@ def validation_error(errors: list[dict]) -> InvalidInput:
     """Pydantic errors -> 400 for unparseable JSON, 422 for a well-formed body with wrong fields."""
     if any(e.get("type") == "json_invalid" for e in errors):
         return InvalidInput("request body is not valid JSON", code="invalid_json")
+    errors = _one_per_union(errors)
     parts = []
     for error in errors[:3]:
         loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
         parts.append(f"{loc}: {error.get('msg', 'invalid')}")
     more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
     return UnprocessableInput("invalid request: " + "; ".join(parts) + more, code="invalid_request")
+
+
+def _one_per_union(errors: list[dict]) -> list[dict]:
+    """A value that fits no member of a union (``input``: a string, token ids or a list) fails once per
+    member; report it once: from the members that got furthest into the value (the deepest location), the
+    complaint most of them share, at the field plus the item index (member names dropped)."""
+    by_field: dict[tuple, list[dict]] = {}
+    for error in errors:
+        loc = tuple(p for p in error.get("loc", ()) if p != "body")
+        by_field.setdefault(loc[:1], []).append({**error, "loc": loc})
+    out = []
+    for field, group in by_field.items():
+        if len(group) > 1 and all(len(e["loc"]) > 1 for e in group):
+            depth = max(len(e["loc"]) for e in group)
+            deepest = [e for e in group if len(e["loc"]) == depth]
+            messages = [e.get("msg", "invalid") for e in deepest]
+            chosen = next(e for e in deepest if e.get("msg", "invalid") == max(messages, key=messages.count))
+            index = tuple(p for p in chosen["loc"][1:] if isinstance(p, int))
+            out.append({"loc": field + index, "msg": chosen.get("msg", "invalid")})
+        else:
+            out.extend(group)
+    return out
 
 
 def _status_error(status: int, message: str, code: str) -> InvalidInput:
@@ -74,7 +97,9 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         else:
             err = _status_error(exc.status_code, str(exc.detail), "http_error")
-        return error_response(err)
+        response = error_response(err)
+        response.headers.update(exc.headers or {})  # e.g. 405's Allow (RFC 9110 requires it)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

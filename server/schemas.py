@@ -14,21 +14,33 @@ from pydantic import BaseModel, ConfigDict, Field
 ModalityName = Literal["text", "image", "audio"]
 EncodingFormat = Literal["float", "base64"]
 PoolingName = Literal["mean", "cls", "none"]
+# The declared schema is what the server accepts structurally (clients generated from /openapi.json must not
+# send what is then refused): no empty strings, lists or token-id lists, no negative ids. What depends on the
+# model (vocabulary size, token or pixel limits, embedding size) is checked per request with a 400 / 413.
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+TokenIdList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class MediaItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: ModalityName
-    data: str = Field(description="text for type=text; base64, a data: URI or an allow-listed URL otherwise")
+    data: NonEmptyStr = Field(description="text for type=text; base64, a data: URI or an allow-listed URL otherwise")
 
 
 class EmbeddingsRequest(BaseModel):
     # OpenAI-compatible clients send fields we do not use (e.g. ``user``); ignore rather than refuse them.
-    model_config = ConfigDict(extra="ignore")
+    # Strict: a JSON body is typed already, so ``"truncate": 0`` or ``"dimensions": "8"`` is refused as the
+    # schema says, not coerced.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = Field(None, description="optional when one model serves the input's modality")
-    input: str | list[int] | list[list[int]] | list[str | MediaItem]
+    input: (
+        NonEmptyStr
+        | TokenIdList
+        | Annotated[list[TokenIdList], Field(min_length=1)]
+        | Annotated[list[NonEmptyStr | MediaItem], Field(min_length=1)]
+    )
     encoding_format: EncodingFormat = "float"
     dimensions: Annotated[int, Field(ge=1)] | None = None
     user: str | None = None
@@ -70,7 +82,9 @@ class EmbedOptions(BaseModel):
 
 
 class EmbedRequest(EmbedOptions):
-    input: Annotated[list[str], Field(min_length=1)] | str = Field(
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON only: multipart form fields are strings
+
+    input: Annotated[list[NonEmptyStr], Field(min_length=1)] | NonEmptyStr = Field(
         description="strings for text; base64, data: URIs or allow-listed URLs for image/audio"
     )
 
@@ -115,3 +129,21 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` for the error statuses a route can answer, all with the one error body."""
+    return {status: {"model": ErrorBody, "description": _ERROR_MEANINGS[status]} for status in statuses}
+
+
+_ERROR_MEANINGS = {
+    400: "invalid input (undecodable media, unknown option value, over a model limit that is not a size)",
+    401: "missing or wrong API key",
+    404: "unknown model",
+    413: "too large: body, item count, text, tokens, audio length or image pixels (the message names the limit)",
+    415: "unsupported content type or media type",
+    422: "the body does not match this schema",
+    429: "overloaded: retry after the Retry-After header's seconds",
+    503: "warming up, draining or the engine is unavailable (Retry-After)",
+}
+EMBED_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 503)

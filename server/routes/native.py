@@ -15,7 +15,7 @@ from d2v.core.errors import InvalidInput, UnsupportedMediaType
 from d2v.runtime.postprocess import encode
 
 from ..auth import require_api_key
-from ..schemas import EmbedOptions, EmbedRequest, EmbedResponse, ModalityName
+from ..schemas import EMBED_ERRORS, EmbedOptions, EmbedRequest, EmbedResponse, ModalityName
 from .common import check_count, embed_and_shape, resolve_media
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["native"])
@@ -68,7 +68,9 @@ async def _from_multipart(request: Request, modality: str) -> tuple[EmbedOptions
     return options, raws
 
 
-@router.post("/v1/embed/{modality}", response_model=EmbedResponse, openapi_extra=_REQUEST_BODY)
+@router.post(
+    "/v1/embed/{modality}", response_model=EmbedResponse, responses=EMBED_ERRORS, openapi_extra=_REQUEST_BODY
+)
 async def embed(modality: ModalityName, request: Request) -> JSONResponse:
     state = request.app.state
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -17,7 +17,7 @@ from d2v.core.errors import InvalidInput
 from d2v.runtime.postprocess import encode
 
 from ..auth import require_api_key
-from ..schemas import EmbeddingsRequest, EmbeddingsResponse, MediaItem
+from ..schemas import EMBED_ERRORS, EmbeddingsRequest, EmbeddingsResponse, MediaItem
 from ..served_model import TokenIds
 from .common import check_count, embed_and_shape, resolve_media
 
@@ -64,7 +64,7 @@ async def _raws(request: Request, items: list[Any], modality: str) -> list[Any]:
     return raws
 
 
-@router.post("/v1/embeddings", response_model=EmbeddingsResponse)
+@router.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=EMBED_ERRORS)
 async def create_embeddings(body: EmbeddingsRequest, request: Request) -> JSONResponse:
     state = request.app.state
     items = _flatten(body)

@@ -14,19 +14,19 @@ from d2v import __version__
 from d2v.core.errors import Unavailable
 
 from ..auth import require_api_key
-from ..schemas import ModelCard, ModelList
+from ..schemas import ModelCard, ModelList, error_responses
 
 api = APIRouter(dependencies=[Depends(require_api_key)], tags=["discovery"])
 probes = APIRouter(tags=["operations"])
 
 
-@api.get("/v1/models", response_model=ModelList)
+@api.get("/v1/models", response_model=ModelList, responses=error_responses(401))
 async def list_models(request: Request) -> ModelList:
     registry = request.app.state.registry
     return ModelList(data=[ModelCard(id=m.name, modality=m.modality, dim=m.manifest.embedding_dim) for m in registry])
 
 
-@api.get("/info")
+@api.get("/info", responses=error_responses(401))
 async def info(request: Request) -> dict:
     s = request.app.state.settings
     return {
@@ -56,7 +56,7 @@ async def livez() -> dict:
     return {"status": "ok"}
 
 
-@probes.get("/readyz")
+@probes.get("/readyz", responses=error_responses(503))
 async def readyz(request: Request) -> dict:
     state = request.app.state
     if state.draining:

@@ -111,8 +111,8 @@ async def test_openai_model_is_optional_when_one_model_serves_the_modality(clien
     assert r.status_code == 200 and r.json()["model"] == "tiny-image", r.text
     mixed = await client.post("/v1/embeddings", json={"input": ["text", img]})
     assert_error(mixed, 400)
-    empty = assert_error(await client.post("/v1/embeddings", json={"input": []}), 400)
-    assert "empty" in empty["message"]
+    empty = assert_error(await client.post("/v1/embeddings", json={"input": []}), 422)
+    assert empty["message"] == "invalid request: input: List should have at least 1 item after validation, not 0"
 
 
 # ---------------------------------------------------------------------------------------- native
@@ -189,9 +189,10 @@ async def test_bad_input_paths_use_the_error_body(client):
     assert_error(await client.post("/v1/embed/image", json={"input": ["%%%not base64"]}), 400)
     undecodable = await client.post("/v1/embed/image", json={"input": [b64(b"not an image at all")]})
     assert "input[0]" in assert_error(undecodable, 415)["message"]
-    assert_error(await client.post("/v1/embed/text", json={"input": [""]}), 400)
+    empty_text = assert_error(await client.post("/v1/embed/text", json={"input": ["a", ""]}), 422)
+    assert empty_text["message"] == "invalid request: input.1: String should have at least 1 character"
     assert_error(await client.post("/v1/embed/text", json={"input": []}), 422)
-    assert_error(await client.post("/v1/embeddings", json={"model": "tiny-text", "input": []}), 400)
+    assert_error(await client.post("/v1/embeddings", json={"model": "tiny-text", "input": []}), 422)
     url = await client.post("/v1/embed/image", json={"input": ["https://example.com/cat.png"]})
     assert "disabled" in assert_error(url, 400)["message"]
     bad_ids = await client.post("/v1/embeddings", json={"model": "tiny-text", "input": [0, 99999]})
