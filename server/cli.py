@@ -84,6 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--max-batch-tokens", type=int, default=None)
     p.add_argument("--max-wait-ms", type=float, default=None)
     p.add_argument("--max-queue", type=int, default=None, help="queued items per model before 429")
+    p.add_argument(
+        "--max-concurrent-requests", type=int, default=None, help="requests in flight per model before 429 (512)"
+    )
+    p.add_argument("--max-inflight-bytes", type=int, default=None, help="request bytes in flight per model (256 MiB)")
     p.add_argument("--max-body-bytes", type=int, default=None)
     p.add_argument("--max-items-per-request", type=int, default=None)
     p.add_argument("--max-input-tokens", type=int, default=None)

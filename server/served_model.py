@@ -22,6 +22,7 @@ from d2v.core.manifest import ModelManifest
 from d2v.models.preprocessing import build_preprocessor, probe
 from d2v.runtime.engines.base import EmbeddingEngine
 
+from .admission import Admission, AdmissionLimits
 from .batching import DynamicBatcher
 from .metrics import Metrics
 from .settings import ServerSettings
@@ -105,6 +106,12 @@ class ServedModel:
             on_batch=lambda size, cost: metrics.batch_size.labels(self.name).observe(size),
             on_depth=lambda depth: metrics.queue_depth.labels(self.name).set(depth),
         )
+        limits = AdmissionLimits(  # items: what the batcher can hold (its queue + the window it runs)
+            max_requests=settings.max_concurrent_requests,
+            max_items=settings.max_queue + self.batcher.window,
+            max_bytes=settings.max_inflight_bytes,
+        )
+        self.admission = Admission(self.name, limits, retry_after_s=settings.retry_after_s)
         self.ready = False
         self.error: str | None = None  # why warm-up failed, for /readyz
 

@@ -84,6 +84,9 @@ class ServerSettings(BaseSettings):
     # arrives while a batch runs forms the next one; > 0 also waits that long to fill a batch when idle.
     max_wait_ms: float = Field(0.0, ge=0, description="extra wait to fill a batch when the engine is idle")
     max_queue: int = Field(1024, gt=0, description="queued items per model before 429")
+    # Admission (before any decoding): what one model may have in flight, from arrival to response.
+    max_concurrent_requests: int = Field(512, gt=0, description="requests in flight per model before 429")
+    max_inflight_bytes: int = Field(256 * 1024 * 1024, gt=0, description="request bytes in flight per model")
     retry_after_s: float = Field(1.0, gt=0)
     preprocess_workers: int = Field(0, ge=0, description="threads decoding inputs (0 = min(8, CPUs))")
     warmup: bool = True
@@ -100,6 +103,8 @@ class ServerSettings(BaseSettings):
         URLPolicy(self.url_allowlist)  # every entry must normalise: refuse a bad allow-list at start-up
         if self.max_items_per_request > self.max_queue:
             raise ValueError("max_items_per_request must not exceed max_queue")
+        if self.max_body_bytes > self.max_inflight_bytes:
+            raise ValueError("max_body_bytes must not exceed max_inflight_bytes (one request could never run)")
         return self
 
     def api_key_values(self) -> list[bytes]:

@@ -68,32 +68,32 @@ async def _from_multipart(request: Request, modality: str) -> tuple[EmbedOptions
     return options, raws
 
 
-@router.post(
-    "/v1/embed/{modality}", response_model=EmbedResponse, responses=EMBED_ERRORS, openapi_extra=_REQUEST_BODY
-)
+@router.post("/v1/embed/{modality}", response_model=EmbedResponse, responses=EMBED_ERRORS, openapi_extra=_REQUEST_BODY)
 async def embed(modality: ModalityName, request: Request) -> JSONResponse:
     state = request.app.state
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         options, raws = await _from_json(request)
-        model = state.registry.resolve(modality, options.model)  # before decoding: fail cheap
-        if modality != "text":
-            raws = await resolve_media(request, raws, modality)
+        nbytes = len(await request.body())  # already read and cached
     elif ctype == "multipart/form-data":
         options, raws = await _from_multipart(request, modality)
-        model = state.registry.resolve(modality, options.model)
+        nbytes = sum(len(r) for r in raws)
     else:
         raise UnsupportedMediaType(f"unsupported content type {ctype or '(none)'!r}: send JSON or multipart/form-data")
+    model = state.registry.resolve(modality, options.model)  # before decoding: fail cheap
     pooling = options.pooling or model.manifest.pooling
-    vectors, tokens = await embed_and_shape(
-        model,
-        raws,
-        pooling=pooling,
-        top_k=options.layers,
-        normalize=options.normalize,
-        dimensions=options.dimensions,
-        truncate=options.truncate,
-    )
+    with model.admission.admit(len(raws), nbytes):  # refused while still undecoded bytes
+        if ctype == "application/json" and modality != "text":
+            raws = await resolve_media(request, raws, modality)
+        vectors, tokens = await embed_and_shape(
+            model,
+            raws,
+            pooling=pooling,
+            top_k=options.layers,
+            normalize=options.normalize,
+            dimensions=options.dimensions,
+            truncate=options.truncate,
+        )
     total = sum(tokens)
     payload = {
         "object": "list",

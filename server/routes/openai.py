@@ -77,16 +77,17 @@ async def create_embeddings(body: EmbeddingsRequest, request: Request) -> JSONRe
         modality = body.modality or _infer_modality(items)
     model = state.registry.resolve(modality, body.model)  # readiness check
     check_count(len(items), state.settings)
-    raws = await _raws(request, items, model.modality)
-    vectors, tokens = await embed_and_shape(
-        model,
-        raws,
-        pooling=model.manifest.pooling,
-        top_k=None,
-        normalize=True,
-        dimensions=body.dimensions,
-        truncate=body.truncate,
-    )
+    with model.admission.admit(len(items), len(await request.body())):  # before any decoding
+        raws = await _raws(request, items, model.modality)
+        vectors, tokens = await embed_and_shape(
+            model,
+            raws,
+            pooling=model.manifest.pooling,
+            top_k=None,
+            normalize=True,
+            dimensions=body.dimensions,
+            truncate=body.truncate,
+        )
     total = sum(tokens)
     payload = {
         "object": "list",
