@@ -16,10 +16,10 @@ from d2v.core.errors import ConfigError
 from d2v.core.paths import default_store
 
 from . import report
-from .backends import Backend, LocalBackend, ModelRef, Options, ServerBackend
-from .connection import api_key, server_url
+from .backends import Backend, LocalBackend, ModelRef, Options, ServerBackend, output_settings
+from .connection import api_key, grpc_target, server_url
 from .inputs import Item, read_inputs
-from .shards import Row, ShardStore
+from .shards import Row, ShardStore, clear_output
 
 IN_PROCESS = ("auto", "onnxruntime", "openvino")  # --engine values that run the runtime in this process
 
@@ -44,7 +44,9 @@ def model_store(args: argparse.Namespace) -> Path:
 
 def make_backend(args: argparse.Namespace, workers: int) -> Backend:
     if args.engine == "server":
-        return ServerBackend(server_url(args), api_key(args), args.model, options_from(args), workers)
+        grpc = getattr(args, "protocol", "http") == "grpc"
+        url = grpc_target(args) if grpc else server_url(args)
+        return ServerBackend(url, api_key(args), args.model, options_from(args), workers, grpc=grpc)
     return LocalBackend(model_store(args), args.model, options_from(args), workers)
 
 
@@ -118,6 +120,8 @@ def run_extract(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     items, bad_rows = read_inputs(args.input, args.modality)
     out = Path(args.out_dir)
+    if args.overwrite:
+        clear_output(out)
     store = ShardStore(out)
     store.write_input_errors({"id": b.id, "reason": b.reason, "source": b.source} for b in bad_rows)
     resumed = len(store.state.done)
@@ -132,6 +136,7 @@ def run_extract(args: argparse.Namespace) -> int:
         backend = make_backend(args, workers)
         try:
             refs = {m: backend.model_for(m) for m in modalities}
+            store.bind_settings(output_settings(refs, options_from(args)))
             run_batches(backend, store, pending, args, workers, refs)
         finally:
             backend.close()

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from d2v.core.errors import NotFound
 
-from .backends import LocalModel, ModelRef, Options, resolve_models
+from .backends import LocalModel, ModelRef, Options, output_settings, resolve_models
 from .inputs import Item
 from .shards import ShardStore, rows_to_table
 
@@ -98,6 +98,7 @@ def run_ray(
             raise NotFound(f"no {modality} model in {model_store}: pass --model NAME_OR_DIR")
         manifest, model_dir = found[modality]
         refs[modality] = LocalModel(manifest, model_dir, options, workers=1).ref
+    store.bind_settings(output_settings(refs, options))
     if not pending:
         return refs
     init_ray()

@@ -6,11 +6,14 @@ Layout of ``OUT_DIR``::
     errors/part-000000.jsonl                 # the failed items of that shard: {"id", "reason", ...}
     errors/inputs.jsonl                      # unusable manifest rows (rewritten on every run)
     ledger.jsonl                             # one line per committed shard (seq, rows, errors, time)
+    settings.json                            # what the vectors were made with (models + sha256, options)
 
 A shard is committed by writing its error file and then its Parquet file under temporary names and
 renaming them into place (rename is atomic), the Parquet rename last: it is the commit point. On start,
 temporary files and error files without their Parquet are deleted, and the ids in committed shards are
-"done". So a run killed at any instant and re-run ends with every input id exactly once.
+"done". So a run killed at any instant and re-run ends with every input id exactly once. A re-run must
+make the same vectors: ``bind_settings`` refuses to resume an output made with another model, pooling,
+normalisation, dimensions or token setting (``--overwrite`` starts the output anew instead).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from d2v.core.errors import ConfigError
 
 _PART = re.compile(r"part-(\d{6})\.(parquet|jsonl)$")
 
@@ -100,6 +105,33 @@ class ShardStore:
         state.next_seq = max(seqs, default=-1) + 1
         return state
 
+    # ----------------------------------------------------------------------------------------- settings
+    def bind_settings(self, settings: dict[str, Any]) -> None:
+        """Record what this output's vectors are made with, or check a resumed output was made the same way.
+
+        ``settings["models"]`` maps modality -> model identity; a modality new to this output is added.
+
+        Raises:
+            ConfigError: the output holds vectors made with other settings (the message lists them).
+        """
+        path = self.root / "settings.json"
+        recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if recorded is None and (self.state.ok or self.state.errors):
+            raise ConfigError(
+                f"{self.root} holds committed shards but no settings.json (made by an older d2v): "
+                "resume cannot tell whether they match; use another OUT_DIR or --overwrite"
+            )
+        merged = dict(settings, models={**(recorded or {}).get("models", {}), **settings["models"]})
+        if recorded is not None:
+            changed = _differences(recorded, merged)
+            if changed:
+                raise ConfigError(
+                    f"{self.root} was started with other settings ({'; '.join(changed)}); resuming would mix "
+                    "vectors. Use another OUT_DIR, or --overwrite to start this one anew"
+                )
+        _fsync_write(path.with_suffix(".json.tmp"), (json.dumps(merged, indent=2, sort_keys=True) + "\n").encode())
+        os.replace(path.with_suffix(".json.tmp"), path)
+
     # ------------------------------------------------------------------------------------------- commit
     def commit(self, model: str, dims: int, rows: list[Row]) -> int:
         """Write one shard (its good rows and its failures) atomically; return its sequence number."""
@@ -149,6 +181,29 @@ class ShardStore:
         _fsync_write(out.with_suffix(".jsonl.tmp"), _jsonl(records))
         os.replace(out.with_suffix(".jsonl.tmp"), out)
         return out
+
+
+def _differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    out = [
+        f"{key}: {recorded.get(key)!r} -> {value!r}"
+        for key, value in sorted(wanted.items())
+        if key != "models" and recorded.get(key) != value
+    ]
+    for modality, model in sorted(recorded.get("models", {}).items()):
+        if wanted["models"].get(modality) != model:
+            out.append(f"{modality} model: {model} -> {wanted['models'].get(modality)}")
+    return out
+
+
+def clear_output(root: Path) -> None:
+    """``--overwrite``: remove what an earlier extraction wrote to ``root``, and nothing else."""
+    models = [d.name for d in (root / "embeddings").glob("*") if d.is_dir()]
+    for name in ("embeddings", "errors", "_staging"):
+        shutil.rmtree(root / name, ignore_errors=True)
+    files = ["ledger.jsonl", "settings.json", "errors.jsonl", "manifest.json", "pca.png"]
+    files += [f"{m}{suffix}" for m in models for suffix in (".npy", ".ids.txt")]
+    for name in files:
+        (root / name).unlink(missing_ok=True)
 
 
 def rows_to_table(rows: list[Row], dims: int) -> pa.Table:

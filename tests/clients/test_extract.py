@@ -61,9 +61,34 @@ def test_local_engine_directory(data_dir, model_store, tmp_path):
     assert len(manifest["models"]["tiny-image"]["manifest_sha256"]) == 64
     assert (out / "pca.png").stat().st_size > 1000 and np.load(out / "tiny-image.npy").shape == (8, 16)
     # idempotent: a second run embeds nothing and changes nothing
-    assert extract(*args) == 0
+    assert extract(*args, "--tokens") == 0
     assert sorted(read_ids(out)) == sorted(ids)
     assert json.loads((out / "manifest.json").read_text())["counts"]["this_run"] == 0
+
+
+def test_resuming_with_other_settings_is_refused_unless_overwrite(data_dir, model_store, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = [str(data_dir), str(out), "--store", str(model_store), "--no-plot"]
+    assert extract(*base, "--dimensions", "8") == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["dimensions"] == 8 and len(settings["models"]["image"]["manifest_sha256"]) == 64
+    before = embeddings_by_id(out, "tiny-text")
+    capsys.readouterr()
+    for changed, what in (
+        (["--dimensions", "4"], "dimensions: 8 -> 4"),
+        (["--dimensions", "8", "--no-normalize"], "normalize: True -> False"),
+        (["--dimensions", "8", "--tokens"], "tokens: False -> True"),
+        (["--dimensions", "8", "--pooling", "mean"], "pooling: None -> 'mean'"),
+    ):
+        assert extract(*base, *changed) != 0
+        err = capsys.readouterr().err
+        assert what in err and "--overwrite" in err, err
+    after = embeddings_by_id(out, "tiny-text")  # nothing was added to or mixed into the output
+    assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
+    assert extract(*base, "--dimensions", "4", "--overwrite") == 0
+    assert {v.shape for v in embeddings_by_id(out, "tiny-text").values()} == {(4,)}
+    assert json.loads((out / "settings.json").read_text())["dimensions"] == 4
+    assert extract(*base, "--dimensions", "4") == 0  # the same settings resume
 
 
 def embeddings_by_id(out: Path, model: str) -> dict[str, np.ndarray]:
