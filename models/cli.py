@@ -15,13 +15,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     hf = sources.add_parser(
         "hf",
-        help="Hugging Face Data2VecText/Audio/VisionModel",
+        help="Hugging Face Data2VecText/Audio/Vision repo (base or task model)",
         description="Convert a transformers save_pretrained directory (or a hub id, downloaded when online) "
-        "of Data2VecTextModel, Data2VecAudioModel or Data2VecVisionModel into a d2v checkpoint directory.",
+        "of Data2VecTextModel, Data2VecAudioModel or Data2VecVisionModel, or of one of their task models "
+        "(...ForCTC, ...ForSequenceClassification, ...ForMaskedLM, ...ForImageClassification, ...), into a d2v "
+        "checkpoint directory. Task models convert their base model; the heads are dropped and listed. Text "
+        "repos bring tokenizer.json or vocab.json + merges.txt (the RoBERTa byte-level BPE is built from them).",
     )
     hf.add_argument("src", help="save_pretrained directory or hub id (e.g. facebook/data2vec-audio-base)")
     hf.add_argument("out", type=Path, help="checkpoint directory to write")
-    hf.add_argument("--no-tokenizer", action="store_true", help="text: write the checkpoint without tokenizer.json")
+    hf.add_argument("--no-tokenizer", action="store_true", help="text: write the checkpoint without a tokenizer")
     hf.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at OUT")
     hf.set_defaults(func=_convert_hf)
 
@@ -29,8 +32,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _convert_hf(args: argparse.Namespace) -> int:
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())) and not args.overwrite:
         raise ConfigError(f"{args.out} exists and is not empty (pass --overwrite to replace it)")
-    from d2v.models.convert_hf import convert_hf
+    from d2v.models.convert.hf import convert_hf
 
-    path = convert_hf(args.src, args.out, no_tokenizer=args.no_tokenizer)
-    print(f"wrote {path}")
+    result = convert_hf(args.src, args.out, no_tokenizer=args.no_tokenizer)
+    print(f"converted {result.architecture} ({result.modality}): its base model")
+    if result.dropped:
+        total = sum(d.tensors for d in result.dropped.values())
+        print(f"dropped {total} tensors outside the base model (heads / poolers; embeddings do not use them):")
+        for prefix, d in result.dropped.items():
+            print(f"  {prefix}: {d.tensors} tensors, {d.parameters:,} parameters")
+    else:
+        print("dropped nothing: every tensor is part of the converted model")
+    if result.tokenizer:
+        print(f"tokenizer: {result.tokenizer} -> tokenizer.json")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"wrote {result.path}")
     return 0

@@ -4,7 +4,7 @@ Per modality (text, audio, image):
 
 1. A random-weight ``Data2Vec{Text,Audio,Vision}Model`` is built offline from a config (``--size base``: the
    released base layouts; ``tiny``: test-sized), saved with ``save_pretrained``, converted with
-   ``d2v convert hf`` (:func:`d2v.models.convert_hf.convert_hf`) and exported with every variant this host runs
+   ``d2v convert hf`` (:func:`d2v.models.convert.hf.convert_hf`) and exported with every variant this host runs
    (:func:`d2v.export.exporter.export_onnx`, which also records the calibration ``--engine auto`` reads).
 2. One batch shaped like the platform workloads (text 16 x 128 tokens, audio 8 x 2 s, image 16 x 224 px) is
    fed, as the very same tensors, to HF (fp32 eager and bf16 autocast), to every (engine, variant) of
@@ -83,7 +83,7 @@ def build_export(modality: str, size: str, root: Path, opts: PeersOptions, caps)
     ``(hf_model, manifest, model_dir, notes)``."""
     from d2v.export.exporter import ExportOptions, export_onnx
     from d2v.export.variants import VARIANTS, VariantRefused
-    from d2v.models.convert_hf import convert_hf
+    from d2v.models.convert.hf import convert_hf
 
     src, ckpt, out = root / f"hf-{modality}", root / f"ckpt-{modality}", root / "store" / f"peers-{modality}-{size}"
     hf = build_hf(modality, size, src, opts.seed)

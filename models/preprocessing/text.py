@@ -2,7 +2,9 @@
 
 The dictionary layout is fairseq/RoBERTa's: ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3, ``<mask>``=4
 (data2vec text, spec §3.3). The tokenizer itself is a Hugging Face ``tokenizers`` ``tokenizer.json`` that
-travels with the checkpoint / export (``TextPreprocessingConfig.tokenizer_file``, relative to its directory).
+travels with the checkpoint / export (``TextPreprocessingConfig.tokenizer_file``, relative to its directory):
+trained here (:func:`train_bpe_tokenizer`) or built from a RoBERTa-family ``vocab.json`` + ``merges.txt``
+(:func:`build_roberta_tokenizer`, what ``d2v convert hf`` does for repos without ``tokenizer.json``).
 
 Special-token strings typed by a user (``"<mask>"``, ``"</s>"``) are tokenized as plain text, never as the
 special tokens themselves (``Tokenizer.encode_special_tokens = True``): only this module places specials.
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from d2v.core.errors import ConfigError, InvalidInput, NotFound, PayloadTooLarge
 
@@ -71,6 +73,81 @@ def train_bpe_tokenizer(
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tokenizer.save(str(path))
+    return tokenizer
+
+
+def roberta_special_tokens(**overrides: str | AddedToken) -> dict[str, AddedToken]:
+    """RoBERTa's special-token roles (``bos eos sep cls unk pad mask``) as ``AddedToken``s, ``overrides`` by role.
+
+    A plain string becomes a token that is neither stripped nor normalized, except ``mask``, which strips the
+    space before it (``AddedToken(lstrip=True)``): "a <mask>" puts the space into the mask, as transformers'
+    RoBERTa tokenizers (slow and fast, 4.x) and the published RoBERTa-family ``tokenizer.json`` files do.
+    ``sep`` / ``cls`` default to ``eos`` / ``bos``.
+    """
+    unknown = sorted(set(overrides) - {"bos", "eos", "sep", "cls", "unk", "pad", "mask"})
+    if unknown:
+        raise ConfigError(f"unknown special-token roles {unknown}")
+    strings = {"bos": BOS_TOKEN, "eos": EOS_TOKEN, "unk": UNK_TOKEN, "pad": PAD_TOKEN, "mask": MASK_TOKEN}
+    roles = {**strings, **overrides}
+    roles.setdefault("sep", roles["eos"])
+    roles.setdefault("cls", roles["bos"])
+    return {
+        role: token
+        if isinstance(token, AddedToken)
+        else AddedToken(str(token), lstrip=role == "mask", rstrip=False, normalized=False, special=True)
+        for role, token in roles.items()
+    }
+
+
+def build_roberta_tokenizer(
+    vocab_file: str | Path,
+    merges_file: str | Path,
+    *,
+    special_tokens: dict[str, AddedToken] | None = None,
+    added_tokens: Iterable[AddedToken] = (),
+    add_prefix_space: bool = False,
+    trim_offsets: bool = True,
+    lowercase: bool = False,
+) -> Tokenizer:
+    """The byte-level BPE tokenizer that transformers builds from a RoBERTa-family ``vocab.json`` + ``merges.txt``
+    (``RobertaTokenizerFast`` / its slow-to-fast converter): BPE without unk or dropout, ByteLevel pre-tokenizer
+    and decoder, ``RobertaProcessing`` (``cls ... sep``) post-processor.
+
+    ``special_tokens`` maps roles to tokens (default :func:`roberta_special_tokens`); ``added_tokens`` are
+    further tokens in id order (ids after the vocabulary, as transformers assigns them). ``lowercase`` adds a
+    ``Lowercase`` normalizer (specials are never normalized).
+    """
+    try:
+        bpe = models.BPE.from_file(
+            str(vocab_file),
+            str(merges_file),
+            dropout=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+        )
+    except Exception as exc:  # tokenizers raises a bare Exception for unreadable or malformed files
+        raise ConfigError(f"cannot build a BPE tokenizer from {vocab_file} and {merges_file}: {exc}") from None
+    tokenizer = Tokenizer(bpe)
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, trim_offsets=trim_offsets)
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = special_tokens or roberta_special_tokens()
+    # Explicitly numbered tokens first (in id order), then the roles: a token missing from vocab.json gets the
+    # next free id, the same order transformers adds them in.
+    seen: set[str] = set()
+    for token in [*added_tokens, *specials.values()]:
+        if token.content not in seen:
+            seen.add(token.content)
+            (tokenizer.add_special_tokens if token.special else tokenizer.add_tokens)([token])
+    sep, cls = specials["sep"].content, specials["cls"].content
+    tokenizer.post_processor = processors.RobertaProcessing(  # (sep, cls): positional, `cls` clashes in __new__
+        (sep, tokenizer.token_to_id(sep)),
+        (cls, tokenizer.token_to_id(cls)),
+        trim_offsets=trim_offsets,
+        add_prefix_space=add_prefix_space,
+    )
     return tokenizer
 
 

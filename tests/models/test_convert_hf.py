@@ -240,3 +240,139 @@ def test_cli_subprocess_bad_path(tmp_path):
     )
     assert result.returncode != 0
     assert "d2v convert: error:" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------ task models
+
+AUDIO_TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    conv_dim=(32,) * 7,
+    num_conv_pos_embedding_groups=16,
+    conv_pos_kernel_size=19,
+    num_conv_pos_embeddings=3,
+)
+TEXT_TINY = dict(
+    vocab_size=97,
+    hidden_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=96,
+    max_position_embeddings=40,
+    type_vocab_size=1,
+    layer_norm_eps=1e-5,
+)
+VISION_TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    image_size=32,
+    patch_size=8,
+    use_shared_relative_position_bias=True,
+    layer_norm_eps=1e-6,
+)
+XVECTOR = dict(tdnn_dim=(16, 16, 24), tdnn_kernel=(5, 3, 1), tdnn_dilation=(1, 2, 1), xvector_output_dim=8)
+# (task class, config overrides, the prefixes its file holds outside the converted base model)
+TASKS = [
+    ("Data2VecAudioForCTC", {"vocab_size": 12}, {"lm_head"}),
+    (
+        "Data2VecAudioForSequenceClassification",
+        {"use_weighted_layer_sum": True, "classifier_proj_size": 8, "num_labels": 3},
+        {"projector", "classifier", "layer_weights"},
+    ),
+    (
+        "Data2VecAudioForXVector",
+        {**XVECTOR, "num_labels": 3},
+        {"projector", "tdnn", "feature_extractor", "classifier", "objective"},
+    ),
+    ("Data2VecAudioForAudioFrameClassification", {"num_labels": 3}, {"classifier"}),
+    ("Data2VecTextForMaskedLM", {}, {"lm_head"}),
+    ("Data2VecTextForSequenceClassification", {"num_labels": 3}, {"classifier"}),
+    ("Data2VecTextForMultipleChoice", {}, {"data2vec_text.pooler", "classifier"}),
+    ("Data2VecTextForQuestionAnswering", {}, {"qa_outputs"}),
+    ("Data2VecVisionForImageClassification", {"num_labels": 5}, {"data2vec_vision.pooler", "classifier"}),
+    (
+        "Data2VecVisionForSemanticSegmentation",
+        {"out_indices": [0, 1, 2, 2], "pool_scales": [1, 2], "auxiliary_channels": 16},
+        {"fpn1", "fpn2", "decode_head", "auxiliary_head"},
+    ),
+]
+
+
+def _task_model(name: str, overrides: dict):
+    modality = "audio" if "Audio" in name else "text" if "Text" in name else "vision"
+    tiny = {"audio": AUDIO_TINY, "text": TEXT_TINY, "vision": VISION_TINY}[modality]
+    config_cls = getattr(transformers, f"Data2Vec{modality.title()}Config")
+    torch.manual_seed(0)
+    hf = getattr(transformers, name)(config_cls(**{**tiny, **overrides})).eval()
+    _randomize(hf, 4)
+    return modality, hf
+
+
+@torch.no_grad()
+def _base_outputs(modality: str, hf):
+    """(our input, transformers' base-model outputs with hidden states) on an unpadded batch."""
+    g = torch.Generator().manual_seed(5)
+    if modality == "audio":
+        x = torch.randn(2, 4000, generator=g)
+        return x, hf.data2vec_audio(x, output_hidden_states=True)
+    if modality == "text":
+        x = torch.randint(3, TEXT_TINY["vocab_size"], (2, 11), generator=g)
+        return x, hf.data2vec_text(x, output_hidden_states=True)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    return x, hf.data2vec_vision(x, output_hidden_states=True)
+
+
+@pytest.mark.parametrize(("name", "overrides", "heads"), TASKS, ids=[t[0] for t in TASKS])
+def test_task_model_converts_its_base_and_reports_the_heads(tmp_path, name, overrides, heads):
+    from safetensors import safe_open
+
+    from d2v.models.convert.hf import convert_hf
+
+    modality, hf = _task_model(name, overrides)
+    src = _save(hf, tmp_path / "hf", tokenizer=modality == "text")
+    result = convert_hf(src, tmp_path / "ckpt")
+    assert result.architecture == name and set(result.dropped) == heads
+
+    # Every tensor of the file is either in the converted model or counted under a dropped prefix.
+    with safe_open(str(src / "model.safetensors"), "pt") as f:
+        saved = {key: f.get_slice(key).get_shape() for key in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+    for prefix, dropped in result.dropped.items():
+        inside = [shape for key, shape in saved.items() if key.startswith(prefix + ".") or key == prefix]
+        assert dropped.tensors == len(inside) > 0
+        assert dropped.parameters == sum(int(torch.Size(s).numel()) for s in inside)
+    ckpt = load_checkpoint(tmp_path / "ckpt")
+    assert ckpt.source["architecture"] == name
+    assert ckpt.source["dropped"] == {k: vars(v) for k, v in result.dropped.items()}
+    converted = sum(p.numel() for n, p in ckpt.model.state_dict().items() if "mask" not in n)
+    dropped_total = sum(d.parameters for d in result.dropped.values())
+    base_total = sum(int(torch.Size(s).numel()) for k, s in saved.items() if "mask" not in k)
+    if modality != "text":  # text folds the token-type row into the positions: counts differ by design
+        assert converted + dropped_total == base_total
+
+    x, hf_out = _base_outputs(modality, hf)
+    with torch.no_grad():
+        out = ckpt.model.encode(x)
+    _check_layers(hf_out, None, out, None)
+
+
+def test_cli_prints_what_it_dropped(tmp_path, capsys):
+    _, hf = _task_model("Data2VecAudioForCTC", {"vocab_size": 12})
+    src = _save(hf, tmp_path / "hf")
+    assert main(["convert", "hf", str(src), str(tmp_path / "ckpt")]) == 0
+    out = capsys.readouterr().out
+    lm_head = 32 * 12 + 12
+    assert "converted Data2VecAudioForCTC (audio)" in out
+    assert f"lm_head: 2 tensors, {lm_head:,} parameters" in out
+
+
+def test_per_layer_relative_position_bias_is_refused(tmp_path, capsys):
+    overrides = {"use_shared_relative_position_bias": False, "use_relative_position_bias": True}
+    _, hf = _task_model("Data2VecVisionForImageClassification", overrides)
+    src = _save(hf, tmp_path / "hf")
+    assert main(["convert", "hf", str(src), str(tmp_path / "ckpt")]) != 0
+    assert "use_relative_position_bias" in capsys.readouterr().err
+    assert not (tmp_path / "ckpt").exists()
