@@ -301,3 +301,20 @@ def live_server(app, *, graceful_timeout_s: float = 10.0) -> Iterator[tuple[str,
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------ reliability
+RELIABILITY_LOG_ENV = "D2V_RELIABILITY_LOG"
+
+
+def record_reliability(check: str, *, tried: str, faults: str, outcome: str, figures: str = "") -> None:
+    """One row of ``docs/reliability.md``: ``scripts/reliability_report.py`` runs the suites with
+    ``D2V_RELIABILITY_LOG`` set and renders what they recorded; in plain test runs this does nothing."""
+    import json
+    import os
+
+    path = os.environ.get(RELIABILITY_LOG_ENV)
+    if path:
+        row = {"check": check, "tried": tried, "faults": faults, "outcome": outcome, "figures": figures}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")

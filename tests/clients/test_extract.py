@@ -66,7 +66,7 @@ def test_local_engine_directory(data_dir, model_store, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["counts"]["this_run"] == 0
 
 
-def test_resuming_with_other_settings_is_refused_unless_overwrite(data_dir, model_store, tmp_path, capsys):
+def test_resuming_with_other_settings_is_refused_unless_overwrite(data_dir, model_store, tmp_path, capsys, testkit):
     out = tmp_path / "out"
     base = [str(data_dir), str(out), "--store", str(model_store), "--no-plot"]
     assert extract(*base, "--dimensions", "8") == 0
@@ -89,6 +89,13 @@ def test_resuming_with_other_settings_is_refused_unless_overwrite(data_dir, mode
     assert {v.shape for v in embeddings_by_id(out, "tiny-text").values()} == {(4,)}
     assert json.loads((out / "settings.json").read_text())["dimensions"] == 4
     assert extract(*base, "--dimensions", "4") == 0  # the same settings resume
+    testkit.record_reliability(
+        "Extraction resume with other settings",
+        tried="re-runs of a finished output with dimensions, normalize, tokens or pooling changed",
+        faults="settings that would mix two kinds of vectors in one output",
+        outcome="each refused (exit != 0) naming the difference; output unchanged; --overwrite starts anew",
+        figures="4 of 4 changes refused",
+    )
 
 
 def embeddings_by_id(out: Path, model: str) -> dict[str, np.ndarray]:
@@ -187,7 +194,7 @@ def slow_gateway(testkit, model_store):
         yield url
 
 
-def test_resume_after_sigkill_gives_every_id_exactly_once(slow_gateway, tmp_path):
+def test_resume_after_sigkill_gives_every_id_exactly_once(slow_gateway, tmp_path, testkit):
     manifest = tmp_path / "texts.jsonl"
     n = 300
     manifest.write_text("".join(json.dumps({"id": f"doc{i:04d}", "text": f"text number {i}"}) + "\n" for i in range(n)))
@@ -229,6 +236,13 @@ def test_resume_after_sigkill_gives_every_id_exactly_once(slow_gateway, tmp_path
     summary = json.loads((out / "manifest.json").read_text())
     assert summary["counts"]["resumed"] >= done_before and summary["counts"]["embedded"] == n
     assert not list(out.rglob("*.tmp"))
+    testkit.record_reliability(
+        "Extraction resume after kill -9 (server engine)",
+        tried=f"{n} texts, 6-row shards, 2 workers against a slowed gateway",
+        faults="SIGKILL of `d2v extract` after 5 committed shards",
+        outcome="re-run completed; every id exactly once, no temporary files left",
+        figures=f"{done_before} ids committed before the kill, {n} after the re-run",
+    )
 
 
 def _descendants(pid: int) -> list[int]:

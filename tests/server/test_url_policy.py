@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from testkit import record_reliability
 
 from d2v.core.errors import InvalidInput
 from d2v.server.media import MediaResolver, fetch_client
@@ -169,3 +170,11 @@ async def test_a_real_server_only_sees_allowed_paths(web_server):
         ("/public/a%20b.png?x=1", f"127.0.0.1:{port}"),
         ("/named/a.png", f"localhost:{port}"),
     ]
+    record_reliability(
+        "URL allow-list (SSRF)",
+        tried=f"{len(hostile)} hostile URLs (dot segments, %2e%2e, /publicity, double encoding, ;params, %2f, "
+        "userinfo, IPv4-mapped IPv6, decimal IP, a name resolving to loopback) and 3 allowed ones",
+        faults="a real local web server behind the allow-list, with an /admin path",
+        outcome="every hostile URL refused with a 400 before any connection; the server saw only allowed paths",
+        figures=f"{len(web_server.paths)} requests reached the web server, all under the allow-list",
+    )

@@ -4,8 +4,8 @@ runs the same cases every time; a failure prints the input hypothesis shrank it 
 
 from __future__ import annotations
 
-import contextlib
 import io
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from testkit import record_reliability
 
 from d2v.core.errors import D2VError
 from d2v.models.preprocessing import (
@@ -62,9 +63,15 @@ def damaged(draw, originals: list[bytes]) -> bytes:
     return bytes(data)
 
 
+OUTCOMES: Counter[str] = Counter()  # what the properties saw, for the reliability report
+
+
 def _result_or_typed_error(load, raw) -> None:
-    with contextlib.suppress(D2VError):  # anything else propagates and fails the property
+    try:
         load(raw)
+        OUTCOMES["decoded"] += 1
+    except D2VError:  # anything else propagates and fails the property
+        OUTCOMES["typed error"] += 1
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +126,15 @@ def test_the_damage_really_reaches_the_decoders(image_pre, audio_pre):
         image_pre.load_item(IMAGES[0][:40])
     with pytest.raises(D2VError):
         audio_pre.load_item(AUDIO[0][:40])
+
+
+def test_record_what_the_fuzzers_saw():
+    """Runs after the properties (file order): their outcome counts go to docs/reliability.md."""
+    record_reliability(
+        "Preprocessor fuzzing (hypothesis)",
+        tried="random bytes and damaged PNG/JPEG/GIF/WEBP/BMP/TIFF and WAV/FLAC/OGG files (bytes overwritten, cut, "
+        "spliced); any Unicode text incl. surrogates and control characters, with and without truncation",
+        faults="4 properties x 150 derandomised examples",
+        outcome="every input gave a result or a typed D2VError (a 4xx at the gateway); no other exception",
+        figures=", ".join(f"{n} {k}" for k, n in sorted(OUTCOMES.items())) or "properties not run",
+    )
