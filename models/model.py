@@ -174,37 +174,24 @@ class Data2VecModel(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """The one initialisation: ``bert`` = normal(0.02) Linear/Embedding (fairseq ``init_bert_params``);
-        ``beit`` = trunc-normal(0.02) plus BEiT's ``fix_init_weight`` rescale of each block's residual output
-        projections by 1/sqrt(2 * layer_id). Feature-extractor convs: kaiming-normal (fairseq); patch
-        embedding: xavier-uniform on the flattened kernel (MAE); LayerNorms: 1/0; position-bias tables: 0."""
+        """The one initialisation, as each reference initialises its model:
+
+        * ``bert`` (fairseq ``init_bert_params``): Linear and Embedding weights normal(0.02), zero biases and
+          padding rows.
+        * ``beit`` (data2vec_vision ``modeling_cyclical.py``): Linear weights, the patch-embedding conv,
+          ``cls_token`` and ``mask_token`` truncated normal(0.02) cut at +-1 std (its ``trunc_normal_`` passes
+          ``a=-std, b=std``), zero biases, then ``fix_init_weight``: each block's residual output projections
+          divided by sqrt(2 * layer_id).
+        * both: LayerNorms 1/0, position-bias tables 0, q/k/v biases 0, feature-extractor convs kaiming-normal
+          (fairseq ``ConvFeatureExtractionModel``), positional convs PyTorch's default, audio mask embedding
+          U[0, 1).
+        * the audio projection keeps PyTorch's default: fairseq v1 applies ``init_bert_params`` to the encoder
+          only (``post_extract_proj`` lies outside), 2.0 ``reset_parameters()``-es ``project_features`` after it.
+        * data2vec 2.0 images (MAE ``PatchEmbed``): xavier-uniform on the flattened patch kernel, PyTorch's
+          default bias; the CLS token N(0, 1) (``init_extra_token_zero: false`` -> ``nn.init.normal_``).
+        """
         beit = self.config.transformer.init == "beit"
-
-        def normal(tensor: Tensor) -> None:
-            if beit:
-                nn.init.trunc_normal_(tensor, std=0.02)  # timm: cut at +-2 (absolute), as BEiT
-            else:
-                nn.init.normal_(tensor, std=0.02)
-
-        def init_module(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                normal(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                normal(module.weight)
-                if module.padding_idx is not None:
-                    module.weight[module.padding_idx].zero_()
-            elif isinstance(module, nn.LayerNorm | nn.GroupNorm) and module.weight is not None:
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, ConvLayer):
-                nn.init.kaiming_normal_(module.conv.weight)
-
-        self.apply(init_module)
+        self.apply(lambda module: _init_module(module, beit))
         for block in self.transformer.blocks:
             for bias in (block.attn.q_bias, block.attn.k_bias, block.attn.v_bias):
                 if bias is not None:
@@ -215,11 +202,47 @@ class Data2VecModel(nn.Module):
                 block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))
         front = self.front_end
         if isinstance(front, AudioEncoder):
+            front.projection.reset_parameters()
             nn.init.uniform_(front.mask_embedding)
         if isinstance(front, ImageEncoder):
-            for param in (front.cls_token, front.mask_token, front.position_embedding):
+            for param in (front.mask_token, front.position_embedding):
                 if param is not None:
-                    normal(param)
+                    _normal(param, beit)
+            if self.config.version == 2 and not beit:
+                nn.init.normal_(front.cls_token)  # std 1
+            else:
+                _normal(front.cls_token, beit)
+
+
+def _normal(tensor: Tensor, beit: bool) -> None:
+    """normal(0.02); ``beit``: truncated at +-1 std (data2vec_vision's ``trunc_normal_(a=-std, b=std)``)."""
+    if beit:
+        nn.init.trunc_normal_(tensor, std=0.02, a=-0.02, b=0.02)
+    else:
+        nn.init.normal_(tensor, std=0.02)
+
+
+def _init_module(module: nn.Module, beit: bool) -> None:
+    """Per-module part of :meth:`Data2VecModel.init_weights` (applied to every submodule)."""
+    if isinstance(module, nn.Linear):
+        _normal(module.weight, beit)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        _normal(module.weight, beit)
+        if module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm | nn.GroupNorm) and module.weight is not None:
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):  # the patch embedding
+        if beit:
+            _normal(module.weight, beit)
+            nn.init.zeros_(module.bias)
+        else:  # MAE: the bias keeps the constructor's default
+            nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+    elif isinstance(module, ConvLayer):
+        nn.init.kaiming_normal_(module.conv.weight)
 
 
 def repeat_local(local: FrontEndOutput, repeats: int) -> FrontEndOutput:

@@ -114,6 +114,10 @@ def bench_cell(
         ]
         if modality == "image":
             overrides.append("preprocessing.resize_size=256" if size != "tiny" else "preprocessing.resize_size=36")
+        if modality == "audio":
+            overrides.append("data.max_tokens=0")  # fixed-size batches instead of the recipe's sample budget
+        elif modality == "text":
+            overrides.append(f"data.max_tokens={bs * block}")  # <= bs full blocks (v1 document blocks need one)
         cfg = load_config(f"{size}-{modality}-{version}", overrides)
         validate(cfg)
         info = DistInfo(device=pick_device(device))

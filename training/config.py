@@ -32,19 +32,27 @@ class DataConfig:
 
     path: str = ""  # directory tree, manifest (.tsv / .jsonl / .txt list of paths) or text corpus file
     batch_size: int = 8  # per process and micro-step; global batch = batch_size * grad_accum * world size
+    # Per-process budget of one micro-batch in input units (audio samples, text tokens with padding), fairseq
+    # ``dataset.max_tokens``: items sorted by length fill batches until longest x count would exceed it, and
+    # ``batch_size`` is not used. 0 = fixed batches of ``batch_size`` random items. Audio and text only.
+    max_tokens: int = 0
     num_workers: int = 0
     shuffle: bool = True
     # audio: random crop to at most max_seconds; batches cropped to the shortest item (no padding)
     max_seconds: float = 2.0
     min_seconds: float = 0.1
     max_file_seconds: float = 600.0  # longer files are skipped (they would be decoded whole to crop a window)
-    # image: random resized crop + horizontal flip (image size and normalisation come from preprocessing)
+    # image: [colour jitter] + random resized crop + horizontal flip (size and normalisation: preprocessing)
     crop_scale: tuple[float, float] = (0.2, 1.0)
     hflip: bool = True
+    color_jitter: float = 0.0  # brightness = contrast = saturation strength (data2vec_vision: 0.4); 0 = off
     # text: a tokenizer.json, or "" to train a byte-level BPE of ``vocab_size`` on the corpus
     tokenizer: str = ""
     vocab_size: int = 1000
     block_size: int = 128  # tokens per training block, including <s>
+    # fairseq ``task.sample_break_mode``: ``none`` = the concatenated corpus cut into full blocks (data2vec 2.0);
+    # ``complete_doc`` = blocks never cross a document (data2vec v1 text), so they vary in length and are padded
+    text_blocks: Literal["none", "complete_doc"] = "none"
     text_field: str = "text"  # JSONL key holding the text
 
 
@@ -58,6 +66,8 @@ class MaskConfig:
     adjust: float = 0.0  # block masking A (mask_prob_adjust)
     inverse: bool = False  # block_2d: sample the kept region (data2vec 2.0 images)
     min_masks: int = 1
+    # span: cut every row of a batch to the batch's smallest masked count (fairseq ``require_same_masks``)
+    require_same_masks: bool = True
     num_patches: int = 120  # beit: masked patches per image
     min_block_patches: int = 16  # beit
     max_block_patches: int | None = None  # beit (None = all patches)
@@ -105,6 +115,9 @@ class ObjectiveConfig:
     # per-position sum scale: a number, inv_sqrt_dim (fairseq loss_scale=null) or inv_dim (D2VV mean reduction)
     loss_scale: float | Literal["inv_sqrt_dim", "inv_dim"] = "inv_sqrt_dim"
     cls_loss: float = 0.0  # v2 images: CLS output regressed onto the mean target, weight x sample size
+    # Run the teacher outside bf16 autocast (data2vec_vision engine_for_cyclical.py: only the student's forward
+    # is under ``torch.cuda.amp.autocast``); fairseq runs the teacher in the student's precision.
+    teacher_fp32: bool = False
     # v1: d2v.models.heads.RegressionHeadConfig fields; v2: DecoderConfig fields
     head: dict[str, Any] = field(default_factory=dict)
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
@@ -112,20 +125,32 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the learning-rate schedule."""
+    """AdamW and the learning-rate schedule.
 
+    Weight decay (one rule, ``optim.param_groups``): every trainable parameter decays except, when
+    ``no_decay_1d``, those with fewer than 2 dimensions (biases, norm weights, ALiBi scales, LayerScale) and
+    those whose last name component is in ``no_decay_names`` (e.g. ``cls_token``). fairseq, as it runs,
+    decays every parameter in every data2vec recipe (``no_decay_1d: false``; see ``optim.py`` for why its
+    composite optimizer's exemption never applies); BEiT / data2vec_vision exempts 1-D and ``cls_token``.
+    """
+
+    # adamw = torch.optim.AdamW (timm, data2vec_vision); fairseq_adam = fairseq's Adam (eps before the bias
+    # correction of the second moment; optim.FairseqAdam)
+    optimizer: Literal["adamw", "fairseq_adam"] = "adamw"
     lr: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     weight_decay: float = 0.01
+    no_decay_1d: bool = True
+    no_decay_names: tuple[str, ...] = ()
     clip_norm: float = 0.0  # 0 = no clipping
     grad_accum: int = 1
     schedule: Literal["cosine", "tri_stage", "constant"] = "cosine"
     warmup_steps: int = 0  # cosine / constant
-    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr (BEiT min_lr 1e-5 at lr 2e-3: 0.005)
     phase_ratios: tuple[float, float, float] = (0.03, 0.9, 0.07)  # tri_stage: warmup / hold / decay
     init_lr_scale: float = 0.01  # tri_stage
-    final_lr_scale: float = 0.05  # tri_stage
+    final_lr_scale: float = 0.01  # tri_stage (fairseq default)
 
 
 @dataclass
@@ -249,6 +274,14 @@ def validate(cfg: TrainConfig) -> None:
         (0 <= cfg.data.min_seconds <= cfg.data.max_seconds, "data.min_seconds", "must be in [0, data.max_seconds]"),
         (0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1, "data.crop_scale", "must be 0 < lo <= hi <= 1"),
         (cfg.data.block_size >= 4, "data.block_size", "must be >= 4"),
+        (cfg.data.max_tokens >= 0, "data.max_tokens", "must be >= 0 (0 = fixed data.batch_size)"),
+        (cfg.data.max_tokens == 0 or cfg.modality != "image", "data.max_tokens", "images use data.batch_size"),
+        (
+            cfg.data.text_blocks == "none" or cfg.data.max_tokens > 0,
+            "data.text_blocks",
+            "complete_doc blocks vary in length: set data.max_tokens",
+        ),
+        (0 <= cfg.data.color_jitter < 1, "data.color_jitter", "must be in [0, 1)"),
         (cfg.objective.clone_batch >= 1, "objective.clone_batch", "must be >= 1"),
         (cfg.objective.version == "v2" or cfg.objective.clone_batch == 1, "objective.clone_batch", "must be 1 for v1"),
         (0 < cfg.objective.mask.prob < 1, "objective.mask.prob", "must be in (0, 1)"),

@@ -1,34 +1,33 @@
-"""Pretraining data: datasets, sampling and collate functions for audio, images and text (files come from
-``sources``).
+"""Pretraining data: datasets and collate functions for audio, images and text (files come from ``sources``,
+the order of samples from ``samplers``).
 
 Decoding and normalisation go through the shared torch-free preprocessing (``d2v.models.preprocessing``);
-this module adds only what training needs on top: random crops / flips, equal-length audio batches, text
-blocks, masks, and a deterministic sampler.
+this module adds only what training needs on top: random crops / flips / colour jitter, equal-length audio
+batches, text blocks, masks.
 
-Determinism: the sampler yields sample keys ``(epoch, index)``; every random draw of a sample (crop offset,
-flip, masks) is seeded from ``(seed, epoch, index)`` (``d2v.training.sample_randomness``), so batches do
-not depend on the number of processes, the number of DataLoader workers or a resume. Rank ``r`` of ``W``
-takes every W-th sample of the epoch permutation, so the union of the ranks' micro-batch ``i`` is the single-process
-batch ``i`` of size ``W * batch_size``.
+Determinism: every random draw of a sample (crop offset, flip, jitter, masks) is seeded from
+``(seed, epoch, index)`` (``d2v.training.sample_randomness``), so it does not depend on the number of
+processes, the number of DataLoader workers or a resume. (Two things depend on the batch a sample lands in,
+as in fairseq: the audio crop to the batch's shortest clip and the v1 span masks' equal-count cut.)
 
 Robustness: an unreadable or corrupt file is logged once (with the reason), counted, and replaced by the
 next readable sample of the dataset, so batch shapes (and DDP) are never disturbed and an epoch never
-crashes. Each batch reports how many files it skipped (``batch["skipped"]``).
+crashes. Each batch reports how many files it skipped (``batch["skipped"]``). With length-grouped batches,
+audio headers are read up front and unreadable or too-short files are left out of the batches (and counted).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from d2v.core.errors import ConfigError, D2VError, NotFound
+from d2v.core.errors import D2VError, NotFound
 from d2v.models.preprocessing import (
     AudioPreprocessor,
     ImagePreprocessor,
@@ -37,82 +36,14 @@ from d2v.models.preprocessing import (
     random_resized_crop,
 )
 
-from .sample_randomness import CROP, FLIP, MaskMaker, sample_rng
-from .sources import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, list_media_files, read_texts
+from .augment import color_jitter
+from .sample_randomness import CROP, FLIP, JITTER, MaskMaker, sample_rng
+from .samplers import Key, LengthGroupedBatchSampler, ShardedSampler
+from .sources import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, audio_lengths, list_media_files, read_texts
 
 log = logging.getLogger(__name__)
 
 MAX_SKIP_TRIES = 64  # consecutive unreadable samples before giving up on a batch slot
-
-Key = tuple[int, int]  # (epoch, index)
-
-
-# -------------------------------------------------------------------------------------------- sampling
-
-
-class ShardedSampler(Sampler[Key]):
-    """An endless, deterministic stream of sample keys for one rank, resumable at a micro-batch.
-
-    Epoch ``e`` is ``randperm(n)`` seeded with ``seed + e`` (or ``range(n)``), truncated to a multiple of
-    ``batch_size * world_size`` (the "drop last" of DDP); rank ``r`` takes positions ``r, r + W, ...``.
-
-    Args:
-        num_samples: dataset size.
-        batch_size: micro-batch size per rank.
-        rank / world_size: this process's shard.
-        seed: permutation seed.
-        shuffle: permute each epoch.
-        start_batch: micro-batches already consumed (resume position).
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        *,
-        batch_size: int,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-        start_batch: int = 0,
-    ) -> None:
-        self.n = num_samples
-        self.batch_size = batch_size
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.start_batch = start_batch
-        if self.batches_per_epoch == 0:
-            raise ConfigError(
-                f"data.batch_size: {num_samples} samples are fewer than one global micro-batch "
-                f"(batch_size {batch_size} x {world_size} processes)"
-            )
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.n // (self.batch_size * self.world_size)
-
-    def epoch_order(self, epoch: int) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        usable = self.batches_per_epoch * self.batch_size * self.world_size
-        return order[:usable][self.rank :: self.world_size]
-
-    def __iter__(self) -> Iterator[Key]:
-        epoch, batch = divmod(self.start_batch, self.batches_per_epoch)
-        offset = batch * self.batch_size
-        while True:
-            for index in self.epoch_order(epoch)[offset:]:
-                yield (epoch, index)
-            epoch, offset = epoch + 1, 0
-
-    def __len__(self) -> int:  # DataLoader asks; the stream is endless
-        return 2**62
-
 
 # -------------------------------------------------------------------------------------------- datasets
 
@@ -186,7 +117,8 @@ class AudioDataset(_SkippingDataset):
 
 
 class ImageDataset(_SkippingDataset):
-    """Image files -> RGB -> random resized crop + flip (training) or resize + centre crop (evaluation)."""
+    """Image files -> RGB -> [colour jitter] + random resized crop + flip (training) or resize + centre crop
+    (evaluation). The jitter sees the whole image, before the crop (data2vec_vision ``DataAugmentationForBEiT``)."""
 
     def __init__(
         self,
@@ -197,10 +129,11 @@ class ImageDataset(_SkippingDataset):
         train: bool = True,
         crop_scale: tuple[float, float] = (0.2, 1.0),
         flip: bool = True,
+        jitter: float = 0.0,
     ):
         super().__init__(len(files))
         self.files, self.pre, self.seed = files, pre, seed
-        self.train, self.crop_scale, self.flip = train, tuple(crop_scale), flip
+        self.train, self.crop_scale, self.flip, self.jitter = train, tuple(crop_scale), flip, jitter
 
     def describe(self, index: int) -> str:
         return str(self.files[index])
@@ -210,6 +143,8 @@ class ImageDataset(_SkippingDataset):
         img = self.pre.open(self.files[index])
         if not self.train:
             return self.pre.to_model_input(self.pre.eval_geometry(img))
+        if self.jitter:
+            img = color_jitter(img, self.jitter, sample_rng(self.seed, epoch, index, JITTER))
         rng = sample_rng(self.seed, epoch, index, CROP)
         img = random_resized_crop(
             img, self.pre.image_size, rng, scale=self.crop_scale, interpolation=self.pre.cfg.interpolation
@@ -220,9 +155,9 @@ class ImageDataset(_SkippingDataset):
 
 
 class TextBlockDataset(_SkippingDataset):
-    """Fixed-size token blocks ``<s> t1 ... t_{N-1}`` cut from the concatenated documents (``... </s>`` each)."""
+    """Token blocks ``<s> t1 ... t_n``: equal-length rows of an array, or a list of 1-D arrays (``complete_doc``)."""
 
-    def __init__(self, blocks: np.ndarray):
+    def __init__(self, blocks: np.ndarray | list[np.ndarray]):
         super().__init__(len(blocks))
         self.blocks = blocks
 
@@ -230,13 +165,32 @@ class TextBlockDataset(_SkippingDataset):
         return self.blocks[key[1]]
 
 
-def make_text_blocks(docs: list[str], pre: TextPreprocessor, block_size: int) -> np.ndarray:
-    """Tokenise ``docs`` (each ``<s> ... </s>``), concatenate without the ``<s>``, cut into blocks of
-    ``block_size - 1`` and prepend ``<s>`` to each (RoBERTa ``sample_break_mode=none`` style). int64 [N, block]."""
+def make_text_blocks(
+    docs: list[str], pre: TextPreprocessor, block_size: int, mode: str = "none"
+) -> np.ndarray | list[np.ndarray]:
+    """Token blocks of at most ``block_size`` tokens, each ``<s>`` + ``block_size - 1`` body tokens (fairseq
+    ``TokenBlockDataset(tokens_per_sample - 1)`` then ``PrependTokenDataset(<s>)``). Every document is
+    tokenised ``<s> ... </s>`` and its ``<s>`` dropped.
+
+    ``mode="none"``: the documents concatenated and cut into full blocks, the tail dropped -> int64
+    ``[N, block_size]``. ``mode="complete_doc"``: blocks never cross a document: each document is cut into
+    consecutive pieces of ``block_size - 1`` (its last piece shorter) -> a list of int64 arrays. fairseq fills
+    a ``complete_doc`` block with whole sentences of one document; corpora here carry no sentence boundaries,
+    so a document longer than a block is cut at the block length.
+    """
+    body = block_size - 1
+    bos = np.asarray([pre.bos_id], dtype=np.int64)
+    if mode == "complete_doc":
+        blocks = []
+        for doc in docs:
+            tokens = np.asarray(pre.tokenize_document(doc)[1:], dtype=np.int64)
+            blocks.extend(np.concatenate([bos, tokens[i : i + body]]) for i in range(0, len(tokens), body))
+        if not blocks:
+            raise NotFound("data.path: the corpus has no tokens")
+        return blocks
     stream: list[int] = []
     for doc in docs:
         stream.extend(pre.tokenize_document(doc)[1:])
-    body = block_size - 1
     n = len(stream) // body
     if n == 0:
         raise NotFound(f"data.path: the corpus has {len(stream)} tokens, fewer than one block ({block_size})")
@@ -261,7 +215,8 @@ class Collator:
 
     Output keys: the model input (``input_values`` / ``pixel_values`` / ``input_ids``), ``keys`` int64 [B, 2]
     (epoch, index), ``mask`` bool [B * M, T] (True = masked), ``skipped`` (files skipped for this batch), and
-    for text ``student_ids`` [B * M, T] (with ``<mask>`` tokens for the v1 text maskers).
+    for text ``student_ids`` [B * M, T] (with ``<mask>`` tokens for the v1 text maskers). Text blocks of
+    different lengths (``complete_doc``) are right-padded with ``pad_id`` (fairseq pads in the collater too).
     """
 
     modality: str
@@ -269,7 +224,7 @@ class Collator:
     seed: int
     conv_layers: tuple[tuple[int, int, int], ...] = ()
     num_patches: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    pad_id: int = 1
 
     def __call__(self, items: list[Loaded]) -> dict[str, Any]:
         keys = [item.key for item in items]
@@ -292,7 +247,10 @@ class Collator:
             batch["pixel_values"] = torch.from_numpy(np.stack([item.value for item in items]))
             batch["mask"] = self.masks.token_masks(keys, self.num_patches)
         else:
-            ids = torch.from_numpy(np.stack([item.value for item in items]))
+            longest = max(len(item.value) for item in items)
+            ids = torch.full((len(items), longest), self.pad_id, dtype=torch.int64)
+            for row, item in enumerate(items):
+                ids[row, : len(item.value)] = torch.from_numpy(np.asarray(item.value, dtype=np.int64))
             batch["input_ids"] = ids
             batch["student_ids"], batch["mask"] = self.masks.text_masks(keys, ids)
         return batch
@@ -308,13 +266,24 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def build_loader(
-    dataset: Dataset, sampler: ShardedSampler, collate: Collator, *, num_workers: int, seed: int, rank: int
+    dataset: Dataset,
+    sampler: ShardedSampler | LengthGroupedBatchSampler,
+    collate: Collator,
+    *,
+    num_workers: int,
+    seed: int,
+    rank: int,
 ) -> DataLoader:
+    """A loader over ``sampler``'s stream: ``ShardedSampler`` keys batched by ``batch_size``, or the whole
+    micro-batches of a ``LengthGroupedBatchSampler``."""
     g = torch.Generator().manual_seed(seed * 1000 + rank)
+    if isinstance(sampler, LengthGroupedBatchSampler):
+        batching: dict[str, Any] = {"batch_sampler": sampler}
+    else:
+        batching = {"batch_size": sampler.batch_size, "sampler": sampler}
     return DataLoader(
         dataset,
-        batch_size=sampler.batch_size,
-        sampler=sampler,
+        **batching,
         collate_fn=collate,
         num_workers=num_workers,
         worker_init_fn=_seed_worker,
@@ -329,9 +298,39 @@ def build_loader(
 
 @dataclass
 class TrainingData:
+    """A modality's dataset and collate function. ``sizes``: each item's length in input units (audio samples
+    of its crop, text tokens of its block), the input of length-grouped batching; None where items all have
+    the same size. ``excluded``: files left out up front (unreadable headers, too short)."""
+
     dataset: Dataset
     collate: Collator
     tokens_per_sample: int  # nominal: frames at max crop / patches / block size (for tokens/s)
+    sizes: list[int] | None = None
+    excluded: int = 0
+
+
+def _audio_data(cfg, pre, masks: MaskMaker, model_cfg) -> TrainingData:
+    """Audio clips; with ``data.max_tokens``, lengths are read from the headers (clips shorter than
+    ``data.min_seconds`` or unreadable are left out, as fairseq's manifest loading drops short clips)."""
+    seed, data = cfg.run.seed, cfg.data
+    files = list_media_files(data.path, AUDIO_EXTENSIONS, "audio")
+    rate = pre.sample_rate
+    max_samples = int(data.max_seconds * rate)
+    min_samples = max(int(data.min_seconds * rate), 400)
+    sizes, excluded = None, 0
+    if data.max_tokens:
+        lengths = audio_lengths(files, rate, threads=max(1, data.num_workers))
+        kept = [(f, n) for f, n in zip(files, lengths, strict=True) if n is not None and n >= min_samples]
+        excluded = len(files) - len(kept)
+        if excluded:
+            log.info("%d of %d audio files left out (unreadable or below data.min_seconds)", excluded, len(files))
+        if not kept:
+            raise NotFound(f"data.path: no readable audio file of at least data.min_seconds in {data.path}")
+        files, sizes = [f for f, _ in kept], [min(n, max_samples) for _, n in kept]
+    dataset = AudioDataset(files, pre, max_samples=max_samples, min_samples=min_samples, seed=seed)
+    conv = tuple(tuple(c) for c in model_cfg.audio.conv_layers)
+    collate = Collator("audio", masks, seed, conv_layers=conv)
+    return TrainingData(dataset, collate, conv_output_length(max_samples, conv), sizes, excluded)
 
 
 def build_training_data(cfg, pre, masks: MaskMaker, model_cfg, docs: list[str] | None = None) -> TrainingData:
@@ -339,22 +338,16 @@ def build_training_data(cfg, pre, masks: MaskMaker, model_cfg, docs: list[str] |
     ``Data2VecConfig``; ``pre``: the modality's preprocessor; ``docs``: the text corpus, already read)."""
     seed, data = cfg.run.seed, cfg.data
     if cfg.modality == "audio":
-        files = list_media_files(data.path, AUDIO_EXTENSIONS, "audio")
-        rate = pre.sample_rate
-        max_samples = int(data.max_seconds * rate)
-        dataset = AudioDataset(
-            files, pre, max_samples=max_samples, min_samples=max(int(data.min_seconds * rate), 400), seed=seed
-        )
-        conv = tuple(tuple(c) for c in model_cfg.audio.conv_layers)
-        return TrainingData(
-            dataset, Collator("audio", masks, seed, conv_layers=conv), conv_output_length(max_samples, conv)
-        )
+        return _audio_data(cfg, pre, masks, model_cfg)
     if cfg.modality == "image":
         files = list_media_files(data.path, IMAGE_EXTENSIONS, "image")
-        dataset = ImageDataset(files, pre, seed=seed, train=True, crop_scale=data.crop_scale, flip=data.hflip)
+        dataset = ImageDataset(
+            files, pre, seed=seed, train=True, crop_scale=data.crop_scale, flip=data.hflip, jitter=data.color_jitter
+        )
         patches = model_cfg.image.grid_size**2
         return TrainingData(dataset, Collator("image", masks, seed, num_patches=patches), patches)
-    blocks = make_text_blocks(
-        docs if docs is not None else read_texts(data.path, data.text_field), pre, data.block_size
-    )
-    return TrainingData(TextBlockDataset(blocks), Collator("text", masks, seed), data.block_size)
+    docs = docs if docs is not None else read_texts(data.path, data.text_field)
+    blocks = make_text_blocks(docs, pre, data.block_size, data.text_blocks)
+    sizes = [len(block) for block in blocks] if data.max_tokens else None
+    collate = Collator("text", masks, seed, pad_id=pre.pad_id)
+    return TrainingData(TextBlockDataset(blocks), collate, data.block_size, sizes)

@@ -80,7 +80,8 @@ class Pretrainer(nn.Module):
         model: the student ``Data2VecModel`` (kept unwrapped here; DDP wraps the ``Pretrainer``).
         obj: the objective section of the training config.
         seed: run seed (decoder noise is drawn per sample from ``(seed, epoch, index)``).
-        precision: ``bf16`` runs the student and teacher encoders under autocast.
+        precision: ``bf16`` runs the student encoder under autocast, and the teacher unless
+            ``obj.teacher_fp32``.
     """
 
     def __init__(self, model: Data2VecModel, obj: ObjectiveConfig, *, seed: int = 0, precision: str = "fp32"):
@@ -106,14 +107,15 @@ class Pretrainer(nn.Module):
                     param.requires_grad_(False)
         else:
             self.head = build_regression_head(hc, model.dim)
-        self.head.apply(_init_head)
+        if cfg.transformer.init == "beit":
+            self.head.apply(_init_head_beit)  # else: PyTorch's defaults, as fairseq leaves its heads
         scale = obj.loss_scale
         self.loss_scale = {"inv_sqrt_dim": 1 / math.sqrt(model.dim), "inv_dim": 1 / model.dim}.get(scale, scale)
         if cfg.modality == "image" and obj.cls_loss and not self.v2:
             raise ConfigError("objective.cls_loss: only data2vec 2.0 images regress the CLS token")
 
-    def autocast(self, device: torch.device):
-        if self.precision != "bf16":
+    def autocast(self, device: torch.device, *, teacher: bool = False):
+        if self.precision != "bf16" or (teacher and self.obj.teacher_fp32):
             return nullcontext()
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -129,7 +131,7 @@ class Pretrainer(nn.Module):
         """fp32 [B, T, D] targets over the front end's tokens (extra tokens removed)."""
         tm = teacher.module
         tm.eval()
-        with self.autocast(batch["_device"]):
+        with self.autocast(batch["_device"], teacher=True):
             if local is not None:
                 detached = FrontEndOutput(local.tokens.detach(), local.padding_mask, local.positions)
                 out = tm.encode_local(detached)
@@ -189,9 +191,12 @@ class Pretrainer(nn.Module):
         return noise.to(device=like.device, dtype=like.dtype)
 
 
-def _init_head(module: nn.Module) -> None:
-    """Heads/decoders: fairseq ``init_bert_params`` for Linear layers (normal 0.02, zero bias)."""
+def _init_head_beit(module: nn.Module) -> None:
+    """The v1 vision head: data2vec_vision inits ``lm_head`` with the encoder (``_init_weights``: truncated
+    normal std 0.02 cut at +-1 std, zero bias). fairseq's heads keep PyTorch's defaults: v1 audio ``final_proj``
+    and v1 text ``regression_head`` sit outside the module ``init_bert_params`` is applied to, and the 2.0
+    decoders' convs are never re-initialised and their ``proj`` is ``reset_parameters()``-ed after it."""
     if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=0.02)
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.02, b=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)

@@ -20,7 +20,7 @@ from d2v.models import masking
 from .config import MaskConfig
 
 # Purposes, so that a sample's crop and its masks never share a stream.
-CROP, FLIP, MASK, NOISE = 1, 2, 3, 4
+CROP, FLIP, MASK, NOISE, EQUALIZE, JITTER = 1, 2, 3, 4, 5, 6
 
 
 def sample_seed(seed: int, epoch: int, index: int, purpose: int, clone: int = 0) -> int:
@@ -47,7 +47,8 @@ class MaskMaker:
             (``repeat_interleave`` order): row ``b * M + c`` is clone ``c`` of sample ``b``.
         seed: the run seed.
         grid: the image patch grid (image kinds).
-        mask_id / vocab_size / special_ids: text maskers.
+        mask_id / vocab_size / pad_id: text maskers (``<mask>``, the vocabulary, ``<pad>``, never masked).
+        special_ids: ids never drawn as BERT random replacements (fairseq zeroes their weights).
     """
 
     cfg: MaskConfig
@@ -56,16 +57,25 @@ class MaskMaker:
     grid: tuple[int, int] | None = None
     mask_id: int = 4
     vocab_size: int = 0
+    pad_id: int = 1
     special_ids: tuple[int, ...] = (0, 1, 2, 3)
 
-    def _generator(self, key: tuple[int, int], clone: int) -> torch.Generator:
+    def _generator(self, key: tuple[int, int], clone: int, purpose: int = MASK) -> torch.Generator:
         epoch, index = key
-        return sample_generator(self.seed, epoch, index, MASK, clone)
+        return sample_generator(self.seed, epoch, index, purpose, clone)
 
     def token_masks(self, keys: list[tuple[int, int]], num_tokens: int) -> Tensor:
-        """bool ``[B * M, T]``, True = masked, for audio frames or image patches."""
+        """bool ``[B * M, T]``, True = masked, for audio frames or image patches.
+
+        Each row is drawn from its sample's own generator. v1 span masks with ``require_same_masks`` are then
+        cut to the batch's smallest masked count (fairseq ``compute_mask_indices`` per batch), each row by its
+        sample's own ``EQUALIZE`` stream, so only the batch minimum couples a row to its batch."""
         rows = [self._one(self._generator(key, c), num_tokens) for key in keys for c in range(self.clone_batch)]
-        return torch.cat(rows, dim=0)
+        masks = torch.cat(rows, dim=0)
+        if self.cfg.kind == "span" and self.cfg.require_same_masks and masks.shape[0] > 1:
+            generators = [self._generator(key, c, EQUALIZE) for key in keys for c in range(self.clone_batch)]
+            masks = masking.same_masked_count(masks, generators)
+        return masks
 
     def _one(self, g: torch.Generator, T: int) -> Tensor:
         c = self.cfg
@@ -101,26 +111,27 @@ class MaskMaker:
 
     def text_masks(self, keys: list[tuple[int, int]], input_ids: Tensor) -> tuple[Tensor, Tensor]:
         """``(student_ids [B*M, T], mask [B*M, T])``. ``text_span``/``bert`` put ``<mask>`` into the ids and
-        the loss mask is the ``<mask>`` positions (spec §8.2); the other kinds leave the ids unchanged."""
+        the loss mask is the ``<mask>`` positions (spec §8.2); the other kinds leave the ids unchanged.
+
+        As fairseq's ``MaskTokensDataset`` (which masks a block before it is padded), every real token of a
+        block may be masked, ``<s>`` and ``</s>`` included; only ``<pad>`` never is."""
         if self.cfg.kind not in ("text_span", "bert"):
             masks = self.token_masks(keys, input_ids.shape[1])
             return input_ids.repeat_interleave(self.clone_batch, dim=0), masks
-        special = torch.zeros_like(input_ids, dtype=torch.bool)
-        for token in self.special_ids:
-            special |= input_ids == token
+        padding = input_ids == self.pad_id
         ids, masks = [], []
         for b, key in enumerate(keys):
             for c in range(self.clone_batch):
                 g = self._generator(key, c)
-                row, row_special = input_ids[b : b + 1], special[b : b + 1]
+                row, row_padding = input_ids[b : b + 1], padding[b : b + 1]
                 if self.cfg.kind == "text_span":
                     out = masking.text_span_mask(
-                        row, mask_id=self.mask_id, special_tokens_mask=row_special, mask_prob=self.cfg.prob,
+                        row, mask_id=self.mask_id, padding_mask=row_padding, mask_prob=self.cfg.prob,
                         span=self.cfg.length, generator=g,
                     )  # fmt: skip
                 else:
                     out = masking.bert_mask(
-                        row, mask_id=self.mask_id, vocab_size=self.vocab_size, special_tokens_mask=row_special,
+                        row, mask_id=self.mask_id, vocab_size=self.vocab_size, padding_mask=row_padding,
                         mask_prob=self.cfg.prob, min_random_id=max(self.special_ids) + 1, generator=g,
                     )  # fmt: skip
                 ids.append(out.input_ids)

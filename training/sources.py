@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from d2v.core.errors import ConfigError, NotFound
+from d2v.core.errors import ConfigError, D2VError, NotFound
+from d2v.models.preprocessing.audio import probe
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,23 @@ def read_manifest(path: Path) -> list[Path]:
     if path.suffix.lower() == ".tsv" and "\t" not in lines[0] and Path(lines[0].strip()).is_dir():
         root, lines = Path(lines[0].strip()), lines[1:]  # fairseq manifest
     return [root / line.split("\t")[0].strip() for line in lines]
+
+
+def audio_lengths(files: list[Path], sample_rate: int, *, threads: int = 8) -> list[int | None]:
+    """Each file's length in samples at ``sample_rate``, read from its header (no decoding); None for a file
+    whose header cannot be read (the reason is logged). Length-grouped batching needs every length up front,
+    as fairseq's manifests (``path<TAB>frames``) provide them; headers are read by ``threads`` threads."""
+
+    def length(path: Path) -> int | None:
+        try:
+            info = probe(path)
+        except (D2VError, OSError) as exc:
+            log.warning("skipping unreadable audio file %s: %s", path, getattr(exc, "message", None) or exc)
+            return None
+        return int(info.frames * sample_rate / info.sample_rate + 0.5)  # soxr's output length
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return list(pool.map(length, files))
 
 
 def read_texts(path: str | Path, text_field: str = "text") -> list[str]:

@@ -35,13 +35,14 @@ from d2v.models.preprocessing.text import MASK_TOKEN
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, resolve_model_config, resolve_preprocessing_config
-from .data import ShardedSampler, build_loader, build_training_data
+from .data import build_loader, build_training_data
 from .distributed import DistInfo, all_reduce_sum, barrier
 from .metrics import MetricsLogger
 from .moments import Moments, plain
 from .objective import Pretrainer, build_teacher
 from .optim import build_optimizer, build_scheduler
 from .sample_randomness import MaskMaker
+from .samplers import LengthGroupedBatchSampler, ShardedSampler
 from .sources import read_texts
 
 log = logging.getLogger(__name__)
@@ -145,10 +146,14 @@ class Trainer:
         masks = self._mask_maker(tokenizer)
         data = build_training_data(cfg, pre, masks, self.model_cfg, docs)
         self.tokens_per_sample = data.tokens_per_sample
-        sampler = ShardedSampler(
-            len(data.dataset), batch_size=cfg.data.batch_size, rank=info.rank, world_size=info.world_size,
-            seed=cfg.run.seed, shuffle=cfg.data.shuffle, start_batch=self.micro_batches,
-        )  # fmt: skip
+        if self.resume_from is None:
+            self.skipped += data.excluded  # left out up front (a resumed run restored its count)
+        common = dict(rank=info.rank, world_size=info.world_size, seed=cfg.run.seed, shuffle=cfg.data.shuffle,
+                      start_batch=self.micro_batches)  # fmt: skip
+        if data.sizes is not None:
+            sampler = LengthGroupedBatchSampler(data.sizes, max_tokens=cfg.data.max_tokens, **common)
+        else:
+            sampler = ShardedSampler(len(data.dataset), batch_size=cfg.data.batch_size, **common)
         self.loader = build_loader(
             data.dataset, sampler, data.collate, num_workers=cfg.data.num_workers, seed=cfg.run.seed, rank=info.rank
         )
@@ -160,10 +165,13 @@ class Trainer:
         if info.is_main:
             (self.out_dir / "train_config.yaml").write_text(yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False))
             n_params = sum(p.numel() for p in self.model.parameters())
+            if cfg.data.max_tokens:
+                batch = f"<= {cfg.data.max_tokens} units x {cfg.optim.grad_accum} x {info.world_size} (data.max_tokens)"
+            else:
+                batch = f"{self.global_batch} ({cfg.data.batch_size} x {cfg.optim.grad_accum} x {info.world_size})"
             log.info(
-                "%s %s: %.2fM encoder params, %d samples, global batch %d (%d x %d x %d), %d steps -> %s",
-                cfg.modality, cfg.objective.version, n_params / 1e6, n_samples, self.global_batch,
-                cfg.data.batch_size, cfg.optim.grad_accum, info.world_size, cfg.run.max_steps, self.out_dir,
+                "%s %s: %.2fM encoder params, %d samples, global batch %s, %d steps -> %s",
+                cfg.modality, cfg.objective.version, n_params / 1e6, n_samples, batch, cfg.run.max_steps, self.out_dir,
             )  # fmt: skip
         self.metrics = MetricsLogger(
             self.out_dir,
@@ -176,6 +184,7 @@ class Trainer:
 
     @property
     def global_batch(self) -> int:
+        """Samples per optimizer step with fixed-size batches (with ``data.max_tokens`` it varies per step)."""
         return self.cfg.data.batch_size * self.cfg.optim.grad_accum * self.info.world_size
 
     def _tokenizer(self, docs: list[str]):
@@ -216,6 +225,7 @@ class Trainer:
             self.cfg.run.seed,
             mask_id=tokenizer.token_to_id(MASK_TOKEN),
             vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
+            pad_id=self.pre_cfg.pad_id,
             special_ids=tuple(i for i in ids if i is not None),
         )
 
@@ -241,8 +251,8 @@ class Trainer:
         tick = time.perf_counter()
         while self.step < stop:
             batches = [self._next_batch() for _ in range(cfg.optim.grad_accum)]
-            local_count = sum(int(b["mask"].sum()) for b in batches)
-            count = all_reduce_sum(torch.tensor([float(local_count)]), self.info).item()
+            sizes = all_reduce_sum(self._batch_sizes(batches), self.info).tolist()  # masked, samples, tokens
+            count = sizes[0]
             norm = max(count, 1.0) / self.info.world_size  # DDP averages gradients over ranks
             stats = Moments(self.model.dim)
             for i, batch in enumerate(batches):
@@ -255,7 +265,7 @@ class Trainer:
             self.step += 1
             tau = self.teacher.update(self.model, self.step)
             now = time.perf_counter()
-            values = self._reduce(stats, count, grad_norm, tau, now - tick, batches)
+            values = self._reduce(stats, sizes, grad_norm, tau, now - tick, batches)
             tick = now
             self._collapse_guard(values)
             self.last_metrics = values
@@ -275,15 +285,23 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
-    def _reduce(self, stats: Moments, count: float, grad_norm: float, tau: float, dt: float, batches) -> dict:
-        """One all-reduce of the step's sums -> global loss, target/prediction std (fairseq ``compute_var``)."""
+    def _batch_sizes(self, batches: list[dict[str, Any]]) -> torch.Tensor:
+        """This rank's (masked positions, samples, tokens) of one optimizer step, for one all-reduce."""
+        clones = self.pretrainer.clones
+        masked = sum(int(b["mask"].sum()) for b in batches)
+        samples = sum(int(b["keys"].shape[0]) for b in batches)
+        tokens = sum(int(b["mask"].shape[1]) * b["mask"].shape[0] // clones for b in batches)
+        return torch.tensor([float(masked), float(samples), float(tokens)], dtype=torch.float64)
+
+    def _reduce(self, stats: Moments, sizes: list[float], grad_norm: float, tau: float, dt: float, batches) -> dict:
+        """One all-reduce of the step's sums -> global loss, target/prediction std (fairseq ``compute_var``);
+        ``sizes``: the step's all-reduced (masked positions, samples, tokens)."""
         packed = all_reduce_sum(stats.pack(), self.info)
         loss_sum, target_std, pred_std = Moments.unpack(packed, self.model.dim)
         clones = self.pretrainer.clones
-        samples = self.global_batch
+        count, samples, tokens = sizes
         loss = loss_sum / max(count, 1.0)
         self.loss_avg = loss if self.loss_avg is None else 0.9 * self.loss_avg + 0.1 * loss
-        tokens = sum(int(b["mask"].shape[1]) * b["mask"].shape[0] // clones for b in batches) * self.info.world_size
         return {
             "loss": loss,
             "target_std": target_std,

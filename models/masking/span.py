@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from d2v.core.errors import ConfigError, InvalidInput
 
-from ._common import check_prob, choose, equalize, expand_spans
+from ._common import check_prob, choose, expand_spans
 
 
 def span_mask(
@@ -54,9 +56,25 @@ def span_mask(
     starts = choose(steps[None, :] < n_starts[:, None], num, generator)  # (B, T)
     mask = expand_spans(starts, span) & (steps[None, :] < lengths[:, None])  # (B, T)
     if require_same_masks and B > 1:
-        counts = mask.sum(dim=1)
-        mask = equalize(mask, counts.min(), generator, allowed=torch.zeros_like(mask))
+        mask = same_masked_count(mask, [generator] * B)
     return mask
+
+
+def same_masked_count(mask: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
+    """fairseq ``require_same_masks``: every row keeps a uniformly random subset of its masked positions, of the
+    size of the smallest masked count in the batch (fairseq ``rng.choice(mask_idc, min_len, replace=False)``).
+
+    Row ``b`` draws from ``generators[b]`` only, so with one generator per sample a row's result depends on its
+    own mask, its generator and the batch minimum, not on its place in the batch (the data pipeline keys every
+    sample's randomness by the sample). ``mask``: bool ``(B, T)``; returns bool ``(B, T)``.
+    """
+    if len(generators) != mask.shape[0]:
+        raise InvalidInput(f"{len(generators)} generators for {mask.shape[0]} rows")
+    target = mask.sum(dim=1).min().reshape(1)
+    rows = [
+        choose(row[None], target, g)[0] if row.sum() > target else row for row, g in zip(mask, generators, strict=True)
+    ]
+    return torch.stack(rows) if rows else mask
 
 
 def _real_lengths(B: int, T: int, padding_mask: Tensor | None, device: torch.device) -> Tensor:

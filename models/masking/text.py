@@ -50,7 +50,9 @@ def text_span_mask(
 
     Per row with ``n`` maskable tokens: ``int(mask_prob * n / span + U[0,1))`` starts drawn without replacement
     among maskable tokens, each extended to ``span`` tokens (overlaps merge, truncated at the sequence end);
-    special tokens and padding are never masked. Every selected token becomes ``<mask>`` (no random/unchanged).
+    tokens flagged in ``special_tokens_mask`` / ``padding_mask`` are never masked. Every selected token becomes
+    ``<mask>`` (no random/unchanged). fairseq masks a block before padding it and flags nothing else: starts range
+    over every token of the block, ``<s>`` and ``</s>`` included; pass only ``padding_mask`` for that.
 
     Args:
         input_ids: int64 ``(B, T)``.

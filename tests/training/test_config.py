@@ -60,13 +60,30 @@ def test_recipe_resolves(name):
                           "objective.mask.prob": 0.48, "objective.ema.tau0": 0.9999, "objective.loss_scale": 1.0}),
         ("large-audio-v2", {"optim.lr": 4e-4, "objective.clone_batch": 12, "objective.ema.tau0": 0.9997,
                             "objective.ema.tau_end": 1.0, "objective.ema.anneal_steps": 300000,
-                            "run.max_steps": 600000}),
+                            "run.max_steps": 600000, "optim.warmup_steps": 10000, "data.max_tokens": 320000,
+                            "model.transformer.layerdrop": 0.0, "optim.no_decay_1d": False}),
+        # issue 14: batching budgets, weight-decay rules, Large values, v1 vision schedule and augmentation
+        ("base-audio-v1", {"data.max_tokens": 3800000, "optim.final_lr_scale": 0.01, "optim.no_decay_1d": False,
+                           "objective.mask.require_same_masks": True, "data.max_seconds": 20.0}),
+        ("base-audio-v2", {"data.max_tokens": 1000000, "optim.no_decay_1d": False}),
+        ("base-text-v1", {"data.max_tokens": 8192, "data.text_blocks": "complete_doc", "optim.no_decay_1d": False}),
+        ("base-text-v2", {"data.text_blocks": "none", "optim.no_decay_1d": False}),
+        ("large-text-v2", {"data.batch_size": 2, "optim.lr": 1e-4, "run.max_steps": 600000}),
+        ("large-image-v2", {"data.batch_size": 8, "optim.lr": 4e-4, "objective.ema.anneal_steps": 150000}),
+        ("base-image-v1", {"optim.min_lr_ratio": 0.005, "data.color_jitter": 0.4, "objective.teacher_fp32": True,
+                           "optim.no_decay_names": ("cls_token",), "run.max_steps": 500000}),
+        ("large-image-v1", {"optim.lr": 1e-3, "optim.warmup_steps": 24960, "run.max_steps": 249600,
+                            "optim.min_lr_ratio": 0.01, "data.batch_size": 64, "data.color_jitter": 0.4}),
     ],
 )  # fmt: skip
 def test_paper_values(name, values):
     cfg = load_config(name)
     for dotted, expected in values.items():
-        value = cfg
+        if dotted.startswith("model."):  # resolved against the preset
+            value = resolve_model_config(cfg, vocab_size=1000 if cfg.modality == "text" else None)
+            dotted = dotted.removeprefix("model.")
+        else:
+            value = cfg
         for part in dotted.split("."):
             value = getattr(value, part)
         assert value == expected, dotted
@@ -173,3 +190,12 @@ def test_resume_flag_does_not_swallow_an_override(tmp_path):
     )
     cfg = load_from_args(args)
     assert args.resume == "" and cfg.data.path == str(tmp_path) and cfg.optim.lr == 1e-4
+
+
+def test_validate_batching_and_augmentation_keys(tmp_path):
+    with pytest.raises(ConfigError, match="data.text_blocks"):  # variable-length blocks need a token budget
+        validate(load_config("tiny-text-v1", [f"data.path={tmp_path}", "data.max_tokens=0"]))
+    with pytest.raises(ConfigError, match="data.max_tokens"):
+        validate(load_config("tiny-image-v1", [f"data.path={tmp_path}", "data.max_tokens=1000"]))
+    with pytest.raises(ConfigError, match="data.color_jitter"):
+        validate(load_config("tiny-image-v1", [f"data.path={tmp_path}", "data.color_jitter=1.5"]))

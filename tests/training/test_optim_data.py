@@ -10,25 +10,56 @@ import torch
 from torch import nn
 
 from d2v.training.config import MaskConfig, OptimConfig, load_config
-from d2v.training.data import (
-    AudioDataset,
-    Collator,
-    ShardedSampler,
-    conv_output_length,
-)
-from d2v.training.optim import build_optimizer, lr_multiplier, param_groups
+from d2v.training.data import AudioDataset, Collator, conv_output_length
+from d2v.training.optim import FairseqAdam, build_optimizer, lr_multiplier, param_groups
 from d2v.training.sample_randomness import MaskMaker
+from d2v.training.samplers import ShardedSampler
 from d2v.training.sources import list_media_files, read_manifest
 
 
-def test_no_weight_decay_on_1d_params():
+def test_weight_decay_rule():
     model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
-    decay, no_decay = param_groups([model], 0.05)
+    model.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+    decay, no_decay = param_groups([model], 0.05)  # default: 1-D parameters exempt
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    assert all(p.ndim >= 2 for p in decay["params"]) and len(decay["params"]) == 2
-    assert all(p.ndim == 1 for p in no_decay["params"]) and len(no_decay["params"]) == 4
-    opt = build_optimizer([model], OptimConfig(betas=(0.9, 0.95), eps=1e-8))
+    assert set(decay["names"]) == {"cls_token", "0.weight", "2.weight"}
+    assert set(no_decay["names"]) == {"0.bias", "1.weight", "1.bias", "2.bias"}
+    decay, no_decay = param_groups([model], 0.05, no_decay_names=["cls_token"])
+    assert "cls_token" in no_decay["names"] and "cls_token" not in decay["names"]
+    decay, no_decay = param_groups([model], 0.05, no_decay_1d=False)  # fairseq plain adam: everything decays
+    assert len(decay["params"]) == 7 and not no_decay["params"]
+    opt = build_optimizer([model], OptimConfig(betas=(0.9, 0.95), eps=1e-8, no_decay_1d=False))
     assert opt.defaults["betas"] == (0.9, 0.95) and opt.defaults["eps"] == 1e-8
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 0.01  # the empty group is dropped
+    assert "names" not in opt.param_groups[0]
+
+
+def test_fairseq_adam_adds_eps_before_the_bias_correction():
+    start = torch.tensor([1.0, -2.0, 3.0])
+    p = nn.Parameter(start.clone())
+    opt = FairseqAdam([{"params": [p], "weight_decay": 0.1}], lr=0.01, betas=(0.9, 0.98), eps=1e-3)
+    g = torch.tensor([0.5, 1e-3, -2.0])
+    p.grad = g.clone()
+    opt.step()
+    m, v = 0.1 * g, 0.02 * g * g  # fairseq/optim/adam.py, step 1
+    expected = start - 0.1 * 0.01 * start - 0.01 * math.sqrt(0.02) / 0.1 * m / (v.sqrt() + 1e-3)
+    torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-7)
+    # Without eps it is torch's AdamW (decoupled decay); with eps the small gradient moves less.
+    a, b = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    fs = FairseqAdam([a], lr=0.01, betas=(0.9, 0.98), eps=0.0, weight_decay=0.1)
+    tw = torch.optim.AdamW([b], lr=0.01, betas=(0.9, 0.98), eps=0.0, weight_decay=0.1)
+    for step in range(3):
+        a.grad = b.grad = g * (step + 1)
+        fs.step()
+        tw.step()
+    torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=1e-6)
+    assert abs(float(p.detach()[1] - start[1] * 0.999)) < 0.5 * 0.01  # |g| ~ eps: well under a full lr step
+    state = opt.state_dict()  # resumable
+    again = FairseqAdam([nn.Parameter(start.clone())], lr=0.01, betas=(0.9, 0.98), eps=1e-3)
+    again.load_state_dict(state)
+    assert again.state[again.param_groups[0]["params"][0]]["step"] == 1
+    cfg = OptimConfig(optimizer="fairseq_adam", eps=1e-6)
+    assert isinstance(build_optimizer([nn.Linear(2, 2)], cfg), FairseqAdam)
 
 
 def test_cosine_with_warmup():
@@ -75,13 +106,17 @@ def test_masks_depend_on_sample_not_batch():
     assert not torch.equal(batch[0], batch[1])  # clones differ
 
 
-def test_text_masks_use_mask_token_and_skip_specials():
-    maker = MaskMaker(MaskConfig(kind="text_span", prob=0.35, length=4), clone_batch=1, seed=0, mask_id=4)
-    ids = torch.randint(5, 100, (2, 40))
-    ids[:, 0] = 0
-    student, mask = maker.text_masks([(0, 0), (0, 1)], ids)
+def test_text_masks_may_cover_special_tokens_but_never_padding():
+    # fairseq MaskTokensDataset masks a block before it is padded: starts range over <s> and </s> too.
+    maker = MaskMaker(MaskConfig(kind="text_span", prob=0.35, length=4), clone_batch=1, seed=0, mask_id=4, pad_id=1)
+    ids = torch.randint(5, 100, (64, 40))
+    ids[:, 0], ids[:, -1] = 0, 2  # <s> ... </s>
+    ids[32:, 30:] = 1  # padding in half of the rows
+    student, mask = maker.text_masks([(0, i) for i in range(64)], ids)
     assert (student[mask] == 4).all() and torch.equal(student[~mask], ids[~mask])
-    assert not mask[:, 0].any() and mask.any()
+    assert mask[:, 0].any() and mask[:32, -1].any()  # <s> and </s> are maskable
+    assert not mask[ids == 1].any()  # <pad> never
+    assert torch.equal(maker.text_masks([(0, 5)], ids[5:6])[1], mask[5:6])  # per sample, not per batch
 
 
 def test_manifests(tmp_path):
