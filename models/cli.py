@@ -28,6 +28,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     hf.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at OUT")
     hf.set_defaults(func=_convert_hf)
 
+    fs = sources.add_parser(
+        "fairseq",
+        help="fairseq data2vec 1.0 audio/text and data2vec 2.0 (audio, image, text) .pt checkpoints",
+        description="Convert a fairseq data2vec checkpoint (Data2VecAudioModel, Data2VecTextModel, "
+        "Data2VecMultiModel) into a d2v checkpoint directory. The file is read without running code from it. "
+        "Text checkpoints need the fairseq dict.txt and the GPT-2 BPE files encoder.json and vocab.bpe.",
+    )
+    fs.add_argument("src", type=Path, help="fairseq checkpoint (.pt)")
+    fs.add_argument("out", type=Path, help="checkpoint directory to write")
+    fs.add_argument("--teacher", action="store_true", help="convert the EMA teacher (_ema) instead of the student")
+    fs.add_argument(
+        "--dict",
+        dest="dict_dir",
+        type=Path,
+        help="text: directory with dict.txt, encoder.json and vocab.bpe (default: the checkpoint's directory)",
+    )
+    fs.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at OUT")
+    fs.set_defaults(func=_convert_fairseq)
+
 
 def _convert_hf(args: argparse.Namespace) -> int:
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())) and not args.overwrite:
@@ -49,3 +68,32 @@ def _convert_hf(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"wrote {result.path}")
     return 0
+
+
+def _convert_fairseq(args: argparse.Namespace) -> int:
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())) and not args.overwrite:
+        raise ConfigError(f"{args.out} exists and is not empty (pass --overwrite to replace it)")
+    from d2v.models.convert.fairseq import convert_fairseq
+
+    path = convert_fairseq(args.src, args.out, teacher=args.teacher, dict_dir=args.dict_dir)
+    _print_fairseq_summary(path)
+    return 0
+
+
+def _print_fairseq_summary(path: Path) -> None:
+    from d2v.models.checkpoint import read_checkpoint_config
+
+    config = read_checkpoint_config(path)
+    model, source = config["model"], config["source"]
+    teacher = "the EMA teacher" if source["weights"] == "teacher" else "the student"
+    if source["weights"] == "student" and source["has_teacher"]:
+        teacher += " (an EMA teacher is there too: --teacher)"
+    print(f"converted {source['fairseq_model']} ({model['modality']}, data2vec {model['version']}): {teacher}")
+    blocks, dim, top_k = model["transformer"]["depth"], model["transformer"]["dim"], config["embedding"]["top_k"]
+    print(f"  {blocks} blocks (prenet {model['prenet_depth']}), dim {dim}, served top-K {top_k} (average_top_k_layers)")
+    if source["dropped"]:
+        print(f"  dropped (pretraining only): {', '.join(source['dropped'])}")
+    for note in source["notes"]:
+        print(f"  note: {note}")
+    print(f"  sha256 {source['sha256']}")
+    print(f"wrote {path}")

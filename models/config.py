@@ -28,7 +28,8 @@ class TransformerConfig:
     ``True`` the pre-LN BEiT/ViT block. ``drop_path`` is the rate of the last block (linear from 0, as BEiT).
     ``k_bias=False`` drops the key bias (BEiT; a key bias cannot change the softmax anyway).
     ``rel_pos_bias="shared"`` is BEiT's one relative-position table for all layers (window = patch grid, given
-    by the image front end). ``alibi`` is data2vec 2.0 audio's symmetric 1-D ALiBi with a learned per-head scale.
+    by the image front end). ``alibi`` is data2vec 2.0 audio's symmetric 1-D ALiBi with a learned per-head scale;
+    ``alibi_per_layer`` gives every block its own scales (fairseq ``learned_alibi_scale_per_layer``).
     ``init``: ``bert`` = normal(0.02) (fairseq ``init_bert_params``); ``beit`` = trunc-normal(0.02) plus the
     per-depth rescale of the residual output projections (BEiT ``fix_init_weight``).
     """
@@ -49,6 +50,7 @@ class TransformerConfig:
     k_bias: bool = True
     rel_pos_bias: Literal["none", "shared"] = "none"
     alibi: bool = False
+    alibi_per_layer: bool = False
     final_norm: bool = False
     attn_impl: Literal["sdpa", "math"] = "sdpa"
     init: Literal["bert", "beit"] = "bert"
@@ -58,6 +60,8 @@ class TransformerConfig:
             raise ConfigError(f"transformer.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
         if self.depth < 1:
             raise ConfigError("transformer.depth must be >= 1")
+        if self.alibi_per_layer and not self.alibi:
+            raise ConfigError("transformer.alibi_per_layer needs transformer.alibi")
 
 
 @dataclass
@@ -109,13 +113,16 @@ class ImageEncoderConfig:
 @dataclass
 class TextEncoderConfig:
     """Token + learned position embeddings (fairseq/RoBERTa: positions start at ``pad_id + 1``, so
-    ``max_positions = 512 + pad_id + 1 = 514``), embedding LayerNorm, dropout."""
+    ``max_positions = 512 + pad_id + 1 = 514``), embedding LayerNorm, dropout. ``context_norm``: a second
+    LayerNorm (eps ``transformer.norm_eps``) before the first block, which data2vec 2.0 text has when it has
+    prenet blocks."""
 
     vocab_size: int = 50265
     pad_id: int = 1
     max_positions: int = 514
     norm_eps: float = 1e-5
     dropout: float = 0.1
+    context_norm: bool = False
 
     @property
     def max_tokens(self) -> int:

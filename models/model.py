@@ -83,6 +83,8 @@ def build_front_end(cfg: Data2VecConfig) -> AudioEncoder | ImageEncoder | TextEn
                 max_positions=t.max_positions,
                 norm_eps=t.norm_eps,
                 dropout=t.dropout,
+                context_norm=t.context_norm,
+                context_norm_eps=cfg.transformer.norm_eps,
             )
     raise AssertionError(cfg.modality)
 
@@ -118,6 +120,7 @@ class Data2VecModel(nn.Module):
             k_bias=t.k_bias,
             rel_pos_bias=t.rel_pos_bias,
             alibi=t.alibi,
+            alibi_per_layer=t.alibi_per_layer,
             final_norm=t.final_norm,
             attn_impl=attn_impl or t.attn_impl,
             init=t.init,

@@ -235,17 +235,24 @@ def alibi_slopes(num_heads: int) -> list[float]:
 class ALiBi(nn.Module):
     """Symmetric 1-D ALiBi of data2vec 2.0 audio: bias ``-|i - j| * slope_h * scale_h``, with a learned
     per-head scale (init 1, clamped at 0). ``positions`` are the original time indices, so the bias stays
-    right when masked tokens were removed."""
+    right when masked tokens were removed. ``num_layers`` > 0 gives every block its own scales (fairseq
+    ``learned_alibi_scale_per_layer``): ``scale`` is then [num_layers, H] and ``forward`` takes the block."""
 
-    def __init__(self, num_heads: int) -> None:
+    def __init__(self, num_heads: int, num_layers: int = 0) -> None:
         super().__init__()
         self.register_buffer("slopes", torch.tensor(alibi_slopes(num_heads)), persistent=False)
-        self.scale = nn.Parameter(torch.ones(num_heads))
+        shape = (num_layers, num_heads) if num_layers else (num_heads,)
+        self.scale = nn.Parameter(torch.ones(shape))
 
-    def forward(self, positions: Tensor) -> Tensor:
-        """positions [B, T] -> bias [B, H, T, T]."""
+    @property
+    def per_layer(self) -> bool:
+        return self.scale.ndim == 2
+
+    def forward(self, positions: Tensor, layer: int = 0) -> Tensor:
+        """positions [B, T] -> bias [B, H, T, T] (of block ``layer`` when the scales are per layer)."""
         distance = (positions[:, None, :, None] - positions[:, None, None, :]).abs().to(self.scale.dtype)
-        slopes = (self.slopes * self.scale.clamp_min(0.0)).view(1, -1, 1, 1)
+        scale = self.scale[layer] if self.per_layer else self.scale
+        slopes = (self.slopes * scale.clamp_min(0.0)).view(1, -1, 1, 1)
         return -distance * slopes
 
 
@@ -277,6 +284,7 @@ class Transformer(nn.Module):
         k_bias: bool = True,
         rel_pos_bias: Literal["none", "shared"] = "none",
         alibi: bool = False,
+        alibi_per_layer: bool = False,
         final_norm: bool = False,
         attn_impl: Literal["sdpa", "math"] = "sdpa",
         init: Literal["bert", "beit"] = "bert",
@@ -312,19 +320,21 @@ class Transformer(nn.Module):
             self.rel_pos_bias = SharedRelativePositionBias(rel_pos_grid, num_heads)
         else:
             self.rel_pos_bias = None
-        self.alibi = ALiBi(num_heads) if alibi else None
+        self.alibi = ALiBi(num_heads, depth if alibi_per_layer else 0) if alibi else None
         self.final_norm = nn.LayerNorm(dim, eps=norm_eps) if final_norm else nn.Identity()
 
-    def attention_mask(self, x: Tensor, padding_mask: Tensor | None, positions: Tensor | None) -> Tensor | None:
-        """Additive float mask [B or 1, H or 1, T, T]: position biases plus a large negative value on padded
-        keys (finite, so a fully padded row gives a uniform softmax instead of NaN)."""
+    def attention_mask(
+        self, x: Tensor, padding_mask: Tensor | None, positions: Tensor | None, layer: int = 0
+    ) -> Tensor | None:
+        """Additive float mask [B or 1, H or 1, T, T] of block ``layer``: position biases plus a large negative
+        value on padded keys (finite, so a fully padded row gives a uniform softmax instead of NaN)."""
         mask = None
         if self.rel_pos_bias is not None:
             mask = self.rel_pos_bias().to(x.dtype)
         if self.alibi is not None:
             if positions is None:
                 positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-            bias = self.alibi(positions).to(x.dtype)
+            bias = self.alibi(positions, layer).to(x.dtype)
             mask = bias if mask is None else mask + bias
         if padding_mask is not None:
             pad = torch.zeros(padding_mask.shape, dtype=x.dtype, device=x.device)
@@ -338,11 +348,14 @@ class Transformer(nn.Module):
         """x [B, T, D]; padding_mask [B, T] bool, True = padded key; positions [B, T] original time indices
         (ALiBi only; default 0..T-1)."""
         attn_mask = self.attention_mask(x, padding_mask, positions)
+        per_layer = self.alibi is not None and self.alibi.per_layer
         layers: list[LayerOutput] = []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             if self.training and self.layerdrop > 0 and torch.rand(()).item() < self.layerdrop:
                 layers.append(LayerOutput(x, torch.zeros_like(x)))
                 continue
+            if per_layer and i:
+                attn_mask = self.attention_mask(x, padding_mask, positions, i)
             x, ffn = block(x, attn_mask)
             layers.append(LayerOutput(x, ffn))
         return TransformerOutput(self.final_norm(x), layers)

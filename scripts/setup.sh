@@ -17,4 +17,5 @@ case "$PROFILE" in
 esac
 if [ "$PROFILE" = dev ]; then
   bash scripts/setup_triton.sh
+  bash scripts/setup_fairseq.sh  # fairseq as a test oracle (tests/models/fairseq_oracle)
 fi

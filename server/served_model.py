@@ -281,6 +281,8 @@ class ServedModel:
             "pooling": m.pooling,
             "poolings": ["mean", "cls", "none"] if m.has_cls else ["mean", "none"],
             "norm": m.norm,
+            # Where the weights came from (sha256, converted file, student / EMA teacher); no local paths.
+            "source": {k: v for k, v in m.source.items() if k != "checkpoint"},
             "ready": self.ready,
             **self.engine.describe(),
             "limits": self.limits(),

@@ -29,6 +29,28 @@ tf = _register("triton_fixtures")
 testkit = _register("testkit")  # tiny contract-following ONNX models, settings, ASGI and live servers
 
 
+def _load_fairseq_oracle() -> object:
+    """tests/models/fairseq_oracle/client.py as module ``fairseq_oracle`` (fairseq runs in .venv-fairseq)."""
+    if "fairseq_oracle" not in sys.modules:
+        path = Path(__file__).parent / "models" / "fairseq_oracle" / "client.py"
+        spec = importlib.util.spec_from_file_location("fairseq_oracle", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["fairseq_oracle"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["fairseq_oracle"]
+
+
+@pytest.fixture(scope="session")
+def fairseq_oracle() -> object:
+    """fairseq as a test oracle (tests/models/fairseq_oracle/README.md); builds .venv-fairseq on first use
+    (scripts/setup_fairseq.sh, ~5 min once) and skips only when that is impossible here."""
+    oracle = _load_fairseq_oracle()
+    reason = oracle.ensure_env()
+    if reason:
+        pytest.skip(reason)
+    return oracle
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
