@@ -109,7 +109,7 @@ RUN pip install --no-deps --no-build-isolation -e . \
 # The `d2v` user, numerically: Kubernetes can only verify runAsNonRoot for a numeric USER.
 USER 10001:10001
 VOLUME ["/data"]
-EXPOSE 8080
+EXPOSE 8080 8081
 STOPSIGNAL SIGTERM
 # The first start with an empty /data builds the models before the server binds: a long start period.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
@@ -133,7 +133,7 @@ WORKDIR /data
 # The `d2v` user, numerically: Kubernetes can only verify runAsNonRoot for a numeric USER.
 USER 10001:10001
 VOLUME ["/data"]
-EXPOSE 8080
+EXPOSE 8080 8081
 STOPSIGNAL SIGTERM
 # python, not curl: the slim image has no curl. /livez answers as soon as the server is up; readiness
 # (/readyz: models warm, engine healthy) is for load balancers, not for restarting the container.

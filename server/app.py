@@ -1,10 +1,12 @@
 """The app factory: ``create_app(settings, engines=None)``.
 
 Startup: discover models and build their engines (here, so a bad store fails before uvicorn binds) ->
-lifespan: load engines and start batchers (fail fast) -> warm-up in the background (``/readyz`` turns
-200 when every model is warm; ``/livez`` answers at once). Shutdown: uvicorn stops accepting and lets
-in-flight requests finish (``graceful_timeout_s``), then the lifespan drains the batchers and closes the
-engines. Everything lives on ``app.state``; there are no module globals.
+lifespan: load engines and start batchers (fail fast), then the gRPC server (``grpc_port``; 0 = off) over
+the same models -> warm-up in the background (``/readyz`` and gRPC health turn ready when every model is
+warm; ``/livez`` answers at once). Shutdown: uvicorn stops accepting and lets in-flight HTTP requests
+finish (``graceful_timeout_s``), then the lifespan marks the app draining, stops gRPC (in-flight calls get
+``graceful_timeout_s`` too), drains the batchers and closes the engines. Everything lives on
+``app.state``; there are no module globals.
 """
 
 from __future__ import annotations
@@ -75,10 +77,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for model in state.registry:
             await model.start()
             started.append(model)
+        if settings.grpc_port:
+            from .grpc.server import GrpcServer
+
+            state.grpc = GrpcServer(state)
+            await state.grpc.start()
         state.warmup_task = asyncio.gather(*(_warm_up(m, settings.warmup) for m in state.registry))
         yield
     finally:
         state.draining = True
+        if state.grpc is not None:
+            await state.grpc.stop(settings.graceful_timeout_s)
         if state.warmup_task is not None:
             state.warmup_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -115,6 +124,7 @@ def create_app(settings: ServerSettings | None = None, engines: Sequence[Embeddi
     app.state.api_keys = settings.api_key_values()
     app.state.draining = False
     app.state.warmup_task = None
+    app.state.grpc = None  # the GrpcServer while it runs
     app.state.media = MediaResolver(settings)
 
     install_error_handlers(app)

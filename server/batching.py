@@ -10,7 +10,9 @@ engine batches and resolves each item's future, so results map back to requests 
   sorts them by cost (tokens / samples) and cuts batches under both ``max_batch_size`` and a padded-cost
   budget (``longest * n <= max_batch_cost``), so short inputs are not padded to the longest one in the
   queue. The whole window runs before the next one is taken, so a long item is never starved.
-- Items whose request went away (cancelled future) are dropped before they reach the engine.
+- Items whose request went away never reach the engine: a cancelled request (gRPC cancel, HTTP client
+  disconnect) cancels its item futures, and an item past its request's ``deadline`` (gRPC deadline) fails
+  with ``TimeoutError``; both are dropped when the window is taken and again right before each batch runs.
 - Items only share a batch when their ``key`` matches (e.g. the same ``layers`` override).
 """
 
@@ -37,7 +39,17 @@ class _Pending:
     cost: int
     key: Hashable
     future: asyncio.Future
+    deadline: float | None = None  # time.monotonic() after which nobody waits for the result
     enqueued: float = field(default_factory=time.monotonic)
+
+    def live(self, now: float) -> bool:
+        """Still wanted; an expired item is failed here, so its request sees ``TimeoutError`` at once."""
+        if self.future.done():  # cancelled by a request that went away
+            return False
+        if self.deadline is not None and now >= self.deadline:
+            self.future.set_exception(TimeoutError("the request's deadline passed while it was queued"))
+            return False
+        return True
 
 
 class DynamicBatcher:
@@ -54,9 +66,11 @@ class DynamicBatcher:
         window_factor: int = 4,
         on_batch: Callable[[int, int], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        on_drop: Callable[[int], None] | None = None,
     ) -> None:
-        """``run_batch(key, items) -> results`` (same length and order); ``on_batch(size, padded_cost)``
-        and ``on_depth(queued_items)`` are observability hooks (Prometheus in the app)."""
+        """``run_batch(key, items) -> results`` (same length and order); ``on_batch(size, padded_cost)``,
+        ``on_depth(queued_items)`` and ``on_drop(items)`` (cancelled / expired, never run) are observability
+        hooks (Prometheus in the app)."""
         self._run_batch = run_batch
         self.name = name
         self.max_batch_size = max_batch_size
@@ -67,6 +81,7 @@ class DynamicBatcher:
         self.window = max(1, window_factor) * max_batch_size
         self._on_batch = on_batch or (lambda size, cost: None)
         self._on_depth = on_depth or (lambda depth: None)
+        self._on_drop = on_drop or (lambda items: None)
         self._queue: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -93,7 +108,11 @@ class DynamicBatcher:
             await self._task
             self._task = None
 
-    async def submit(self, items: Sequence[Any], costs: Sequence[int], key: Hashable = None) -> list[Any]:
+    async def submit(
+        self, items: Sequence[Any], costs: Sequence[int], key: Hashable = None, *, deadline: float | None = None
+    ) -> list[Any]:
+        """The results of ``items``, in order. ``deadline`` (``time.monotonic()``): items still queued then
+        are dropped and the call raises ``TimeoutError``."""
         if self._stopping or self._task is None:
             raise Unavailable(f"model {self.name!r} is not accepting requests (starting or shutting down)")
         if len(self._queue) + len(items) > self.max_queue:
@@ -103,7 +122,8 @@ class DynamicBatcher:
             )
         loop = asyncio.get_running_loop()
         pending = [
-            _Pending(item, int(cost), key, loop.create_future()) for item, cost in zip(items, costs, strict=True)
+            _Pending(item, int(cost), key, loop.create_future(), deadline)
+            for item, cost in zip(items, costs, strict=True)
         ]
         self._queue.extend(pending)
         self._on_depth(len(self._queue))
@@ -146,10 +166,16 @@ class DynamicBatcher:
 
     def _take_window(self) -> list[_Pending]:
         window: list[_Pending] = []
+        dropped = 0
+        now = time.monotonic()
         while self._queue and len(window) < self.window:
             pending = self._queue.popleft()
-            if not pending.future.done():  # done = cancelled by a client that went away
+            if pending.live(now):
                 window.append(pending)
+            else:
+                dropped += 1
+        if dropped:
+            self._on_drop(dropped)
         return window
 
     def _plan(self, window: list[_Pending]) -> list[tuple[Hashable, list[_Pending]]]:
@@ -174,7 +200,10 @@ class DynamicBatcher:
         return batches
 
     async def _execute(self, key: Hashable, batch: list[_Pending]) -> None:
-        live = [p for p in batch if not p.future.done()]
+        now = time.monotonic()  # earlier batches of the window ran meanwhile: check again
+        live = [p for p in batch if p.live(now)]
+        if len(live) < len(batch):
+            self._on_drop(len(batch) - len(live))
         if not live:
             return
         self._on_batch(len(live), max(p.cost for p in live) * len(live))

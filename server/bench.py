@@ -6,6 +6,8 @@ Two phases over the same model, the same request shape, the same concurrency and
    inference, the floor.
 2. ``gateway``: the real app under uvicorn on a free ``127.0.0.1`` port, driven over HTTP
    (``POST /v1/embed/<modality>``): JSON, decoding / tokenising, dynamic batching, inference, encoding.
+3. ``grpc`` (``--protocol grpc``): the same server, the same load over its KServe v2 gRPC front end
+   (``ModelInfer``, raw bytes in, the normalised mean out); reported next to HTTP (``grpc_vs_http``).
 
 Each phase sends at most ``requests`` requests (after a few uncounted warm-up ones) and stops early at
 ``duration_s``. Absolute numbers drift between machines, so the result reports gateway / engine ratios
@@ -197,7 +199,11 @@ class _Uvicorn:
         self.thread.join(timeout=30)
 
 
-async def _gateway_phase(manifest, settings, raws: list[Any], bounds: dict, timeout: float) -> dict[str, Any]:
+async def _gateway_phase(
+    manifest, settings, raws: list[Any], bounds: dict, timeout: float, protocol: str = "http"
+) -> dict[str, dict[str, Any]]:
+    """The HTTP phase (``gateway``) and, for ``protocol="grpc"``, the same load over KServe v2 gRPC (``grpc``)
+    against the same running server, one after the other."""
     import httpx
 
     from .app import create_app
@@ -208,7 +214,9 @@ async def _gateway_phase(manifest, settings, raws: list[Any], bounds: dict, time
         values = [base64.b64encode(r).decode() for r in raws]
     body = {"model": manifest.name, "input": values}
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the table
-    server = _Uvicorn(create_app(settings))
+    grpc_port = _free_port() if protocol == "grpc" else 0
+    server = _Uvicorn(create_app(settings.model_copy(update={"grpc_port": grpc_port})))
+    phases: dict[str, dict[str, Any]] = {}
     try:
         await server.start(timeout)
         limits = httpx.Limits(max_connections=bounds["concurrency"], max_keepalive_connections=bounds["concurrency"])
@@ -219,9 +227,50 @@ async def _gateway_phase(manifest, settings, raws: list[Any], bounds: dict, time
                 if resp.status_code != 200:
                     raise RuntimeError(f"HTTP {resp.status_code}: {resp.text[:120]}")
 
-            return await drive(call, **bounds)
+            phases["gateway"] = await drive(call, **bounds)
+        if grpc_port:
+            phases["grpc"] = await _grpc_phase(f"127.0.0.1:{grpc_port}", manifest, raws, bounds)
+        return phases
     finally:
         server.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _grpc_phase(target: str, manifest, raws: list[Any], bounds: dict) -> dict[str, Any]:
+    """ModelInfer with the raw items (BYTES [B, 1]) asking for the normalised mean, as the HTTP phase gets it;
+    one channel per concurrent worker, as the HTTP phase has one connection each."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    from d2v.core.contract import MEAN_OUTPUT
+
+    items = [r.encode() if isinstance(r, str) else r for r in raws]
+    request = service_pb2.ModelInferRequest(model_name=manifest.name)
+    request.inputs.add(name=manifest.triton.raw_input, datatype="BYTES", shape=[len(items), 1])
+    request.raw_input_contents.append(b"".join(len(i).to_bytes(4, "little") + i for i in items))
+    request.outputs.add(name=MEAN_OUTPUT)
+    request.parameters["normalize"].bool_param = True
+    channels = [grpc.aio.insecure_channel(target) for _ in range(bounds["concurrency"])]
+    stubs = [service_pb2_grpc.GRPCInferenceServiceStub(c) for c in channels]
+    turn = 0
+    try:
+
+        async def call() -> None:
+            nonlocal turn
+            turn += 1
+            await stubs[turn % len(stubs)].ModelInfer(request, timeout=60.0)
+
+        return await drive(call, **bounds)
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 # ------------------------------------------------------------------------------------------------- entry
@@ -234,8 +283,10 @@ def bench_serve(
     duration_s: float = 30.0,
     warmup: int = 2,
     startup_timeout_s: float = 120.0,
+    protocol: str = "http",
 ) -> dict[str, Any]:
-    """Both phases for the first model ``settings`` selects; returns the JSON-able result."""
+    """Every phase for the first model ``settings`` selects (``protocol="grpc"`` adds the gRPC one); returns the
+    JSON-able result."""
     from d2v.runtime.store import discover
 
     if requests < 1 or concurrency < 1 or items < 1 or duration_s <= 0 or warmup < 0:
@@ -250,8 +301,9 @@ def bench_serve(
         # The gateway runs exactly what the engine phase ran (auto resolved once).
         chosen = {"engine": described.get("engine", settings.engine), "variant": described.get("variant")}
         chosen = {k: v for k, v in chosen.items() if v is not None} if settings.engine == "auto" else {}
-        gateway = await _gateway_phase(manifest, settings.model_copy(update=chosen), raws, bounds, startup_timeout_s)
-        return {"engine": engine, "gateway": gateway}, described
+        served = settings.model_copy(update=chosen)
+        gateway = await _gateway_phase(manifest, served, raws, bounds, startup_timeout_s, protocol)
+        return {"engine": engine, **gateway}, described
 
     phases, described = asyncio.run(run())
     return {
@@ -265,8 +317,9 @@ def bench_serve(
         "max_requests": requests,
         "max_seconds": duration_s,
         "machine": platform.processor() or platform.machine(),
-        **phases,
+        **{name: {**r, "items_per_s": r["requests_per_s"] * items} for name, r in phases.items()},
         "gateway_vs_engine": ratios(phases["gateway"], phases["engine"]),
+        **({"grpc_vs_http": ratios(phases["grpc"], phases["gateway"])} if "grpc" in phases else {}),
     }
 
 
@@ -279,15 +332,17 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['items_per_request']} item(s)/request, concurrency {result['concurrency']}"
     )
     lines = [head, f"{'':<12}{'requests':>9}{'errors':>8}{'req/s':>10}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}"]
-    for label in ("engine", "gateway"):
+    for label in [p for p in ("engine", "gateway", "grpc") if p in result]:
         r = result[label]
         lines.append(
             f"{label:<12}{r['requests']:>9}{r['errors']:>8}{r['requests_per_s']:>10.1f}"
             + "".join(f"{num(r[f'p{p}_ms'], '.2f'):>10}" for p in PERCENTILES)
         )
-    x = result["gateway_vs_engine"]
-    lines.append(
-        f"{'gateway/eng':<12}{'':>9}{'':>8}{num(x['requests_per_s'], '.2f'):>10}"
-        + "".join(f"{num(x[f'p{p}_ms'], '.2f'):>10}" for p in PERCENTILES)
-    )
+    for label, key in (("gateway/eng", "gateway_vs_engine"), ("grpc/http", "grpc_vs_http")):
+        if key in result:
+            x = result[key]
+            lines.append(
+                f"{label:<12}{'':>9}{'':>8}{num(x['requests_per_s'], '.2f'):>10}"
+                + "".join(f"{num(x[f'p{p}_ms'], '.2f'):>10}" for p in PERCENTILES)
+            )
     return "\n".join(lines)

@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve",
-        help="serve exported models over HTTP (OpenAI-compatible + native API)",
+        help="serve exported models over HTTP (OpenAI-compatible + native API) and gRPC (KServe v2)",
         description="Serve exported models: POST /v1/embeddings, /v1/embed/{text,image,audio}; GET /v1/models, "
-        "/info, /livez, /readyz, /metrics. Every flag also reads D2V_<FLAG> from the environment.",
+        "/info, /livez, /readyz, /metrics; and gRPC inference.GRPCInferenceService (KServe v2, as Triton) with "
+        "grpc.health.v1 and reflection. Every flag also reads D2V_<FLAG> from the environment.",
     )
     # default=None everywhere: only flags the user typed override the environment / settings defaults.
     p.add_argument("--store", default=None, help="model store directory (default: $D2V_HOME/models)")
@@ -34,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "model: save_pretrained directory or hub id, converted + exported on first use (repeatable; default: all)",
     )
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1; never 0.0.0.0 unless asked)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8080)")
+    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port on the same host (default 8081; 0 = off)")
+    p.add_argument("--grpc-tls-cert", default=None, metavar="PEM", help="serve gRPC over TLS: certificate chain")
+    p.add_argument("--grpc-tls-key", default=None, metavar="PEM", help="the private key of --grpc-tls-cert")
     p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes (default 1)")
     p.add_argument(
         "--engine",
@@ -178,6 +182,12 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--items", type=int, default=1, help="inputs per request")
     p.add_argument("--duration", type=float, default=30.0, help="stop a phase after this many seconds")
     p.add_argument("--warmup", type=int, default=2, help="uncounted requests before each phase")
+    p.add_argument(
+        "--protocol",
+        choices=["http", "grpc"],
+        default="http",
+        help="grpc: also drive the gateway's KServe v2 gRPC front end and report it next to HTTP",
+    )
     p.add_argument("--json", default=None, help="write the JSON here (default: stdout, after the table)")
     p.set_defaults(func=_bench_serve)
 
@@ -199,6 +209,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
         items=args.items,
         duration_s=args.duration,
         warmup=args.warmup,
+        protocol=args.protocol,
     )
     print(format_table(result))
     if args.json:

@@ -1,7 +1,12 @@
-"""The one place errors become HTTP responses: ``{"error": {"message", "type", "code"}}`` everywhere.
+"""The one place errors become protocol answers: HTTP responses ``{"error": {"message", "type", "code"}}``
+(``error_response``) and gRPC statuses (``grpc_status``), both from the same ``d2v.core.errors`` classes.
 
-Domain errors (``d2v.core.errors``) carry their status; FastAPI's own validation errors and Starlette's
-404/405 are translated into the same hierarchy first, so no route needs a try/except.
+Domain errors carry their HTTP status; FastAPI's own validation errors and Starlette's 404/405 are
+translated into the same hierarchy first, so no route needs a try/except. gRPC: bad input of any kind
+(413 included: the message names the limit) -> INVALID_ARGUMENT, unknown model -> NOT_FOUND, missing or
+wrong key -> UNAUTHENTICATED, queue full -> RESOURCE_EXHAUSTED with a ``retry-after`` trailer (seconds),
+warming up / draining / backend down -> UNAVAILABLE, a deadline that passed in the queue -> DEADLINE_EXCEEDED;
+a ``d2v-error-code`` trailer carries the error's ``code`` (e.g. ``payload_too_large``), as the HTTP body does.
 """
 
 from __future__ import annotations
@@ -9,26 +14,69 @@ from __future__ import annotations
 import logging
 import math
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from d2v.core.errors import D2VError, InternalError, InvalidInput, NotFound, Overloaded, UnprocessableInput
+from d2v.core.errors import (
+    D2VError,
+    InternalError,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    Unauthorized,
+    Unavailable,
+    UnprocessableInput,
+)
 
 log = logging.getLogger(__name__)
 
 
 def error_response(exc: D2VError) -> JSONResponse:
     headers: dict[str, str] = {}
-    if isinstance(exc, Overloaded):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    elif exc.status == 503:
-        headers["Retry-After"] = "1"
+    retry = retry_after_seconds(exc) if exc.status in (429, 503) else None
+    if retry is not None:
+        headers["Retry-After"] = retry
     elif exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(exc.to_body(), status_code=exc.status, headers=headers)
+
+
+def retry_after_seconds(exc: D2VError) -> str | None:
+    """The ``Retry-After`` (HTTP header / gRPC trailer) an error carries, in whole seconds."""
+    if isinstance(exc, Overloaded):
+        return str(max(1, math.ceil(exc.retry_after)))
+    if isinstance(exc, Unavailable):
+        return "1"
+    return None
+
+
+# Most specific class first: NotFound is an InvalidInput, so it must be matched before it.
+_GRPC_CODES: tuple[tuple[type[D2VError], grpc.StatusCode], ...] = (
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (Unauthorized, grpc.StatusCode.UNAUTHENTICATED),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """``(code, details, trailing metadata)`` for any exception a gRPC handler lets through."""
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded", ()
+    if not isinstance(exc, D2VError):
+        log.error("unhandled error in a gRPC call", exc_info=exc)
+        exc = InternalError("internal server error")
+    code = next((c for cls, c in _GRPC_CODES if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
+    trailer = [("d2v-error-code", exc.code)]  # the same machine-readable code the HTTP body carries
+    retry = retry_after_seconds(exc)
+    if retry is not None:
+        trailer.append(("retry-after", retry))
+    return code, exc.message, tuple(trailer)
 
 
 def validation_error(errors: list[dict]) -> InvalidInput:

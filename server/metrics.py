@@ -1,7 +1,9 @@
 """Prometheus metrics, on a per-app registry (no process globals, so several apps can live in one test run).
 
 RED metrics per route plus the stages that explain latency: queue depth, batch sizes (how well the
-batcher merges concurrent requests), preprocessing and inference time.
+batcher merges concurrent requests), preprocessing and inference time. Both front ends count into the same
+request metrics, told apart by ``protocol`` (``http``: route template and HTTP status; ``grpc``: method
+and status code name).
 """
 
 from __future__ import annotations
@@ -19,11 +21,19 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("d2v_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.requests = Counter(
+            "d2v_requests", "requests by protocol, route and status", ["protocol", "route", "status"], registry=r
+        )
         self.latency = Histogram(
-            "d2v_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+            "d2v_request_seconds", "request latency", ["protocol", "route"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.items = Counter("d2v_items", "inputs embedded", ["model"], registry=r)
+        self.dropped = Counter(
+            "d2v_dropped_items",
+            "queued inputs never run: their request was cancelled or its deadline passed",
+            ["model"],
+            registry=r,
+        )
         self.queue_depth = Gauge("d2v_queue_depth", "items waiting in the batcher", ["model"], registry=r)
         self.batch_size = Histogram(
             "d2v_batch_size", "items per engine batch", ["model"], buckets=BATCH_BUCKETS, registry=r
@@ -38,6 +48,10 @@ class Metrics:
         self.inference_seconds = Histogram(
             "d2v_inference_seconds", "engine time per batch", ["model"], buckets=LATENCY_BUCKETS, registry=r
         )
+
+    def observe_request(self, protocol: str, route: str, status: str, seconds: float) -> None:
+        self.requests.labels(protocol, route, status).inc()
+        self.latency.labels(protocol, route).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,10 +1,13 @@
-"""Pure-ASGI middlewares: request metrics (outermost) and the request-body size limit.
+"""Pure-ASGI middlewares: request metrics (outermost) and the request-body size limit, which also cancels
+a request whose client disconnected.
 
 Pure ASGI rather than ``BaseHTTPMiddleware`` so nothing buffers responses or breaks cancellation.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,6 +18,7 @@ from .error_handlers import error_response
 from .metrics import Metrics
 
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+CLIENT_GONE = "d2v.client_gone"  # scope key: the client disconnected before the response was sent
 
 
 class MetricsMiddleware:
@@ -41,8 +45,9 @@ class MetricsMiddleware:
             # The route template (not the raw path) keeps label cardinality bounded.
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(path, str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+            if scope.get(CLIENT_GONE):
+                status = 499  # nginx's "client closed request": nothing was sent
+            self.metrics.observe_request("http", path, str(status), time.perf_counter() - start)
 
 
 class BodyLimitMiddleware:
@@ -82,18 +87,44 @@ class BodyLimitMiddleware:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # afterwards only http.disconnect can arrive
-
-        await self.app(scope, replay, send)
+        await _run_until_disconnect(self.app, scope, b"".join(chunks), receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         exc = PayloadTooLarge(f"request body is over the {self.max_bytes}-byte limit", code="body_too_large")
         await error_response(exc)(scope, receive, send)
+
+
+async def _run_until_disconnect(app: ASGIApp, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+    """Run ``app`` on the buffered ``body`` and cancel it when the client disconnects first: its queued
+    batcher items are then dropped before they reach the engine (the batcher skips cancelled items)."""
+    delivered = False
+    gone = asyncio.Event()
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()  # afterwards only http.disconnect can arrive, seen by the watcher below
+        return {"type": "http.disconnect"}
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    task = asyncio.ensure_future(app(scope, replay, send))
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():  # the client went away (or this request was cancelled): stop the work
+            scope[CLIENT_GONE] = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if not task.cancelled():
+        task.result()  # re-raise what the app raised

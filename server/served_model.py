@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from d2v.core.contract import TOKEN_MASK_OUTPUT, feeds, output_for, real_tokens
+from d2v.core.contract import TOKEN_MASK_OUTPUT, TOKENS_OUTPUT, feeds, output_for, real_tokens
 from d2v.core.errors import D2VError, InvalidInput, PayloadTooLarge
 from d2v.core.manifest import ModelManifest
 from d2v.models.preprocessing import build_preprocessor, probe
@@ -34,6 +34,14 @@ Pooling = str  # "mean" | "cls" | "none"
 class ItemResult:
     vector: np.ndarray  # [D] pooled, or [T_i, D] token-level (trimmed by d2v_token_mask)
     tokens: int  # real model tokens (text: input tokens incl. specials; audio frames; image patches)
+
+
+@dataclass(frozen=True)
+class ItemOutputs:
+    """Several contract outputs of one item from one engine run (the KServe front end asks for many)."""
+
+    values: dict[str, np.ndarray]  # pooled [D]; d2v_token_embeddings [T_i, D] (real tokens only)
+    tokens: int
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ class ServedModel:
             retry_after_s=settings.retry_after_s,
             on_batch=lambda size, cost: metrics.batch_size.labels(self.name).observe(size),
             on_depth=lambda depth: metrics.queue_depth.labels(self.name).set(depth),
+            on_drop=lambda n: metrics.dropped.labels(self.name).inc(n),
         )
         limits = AdmissionLimits(  # items: what the batcher can hold (its queue + the window it runs)
             max_requests=settings.max_concurrent_requests,
@@ -236,24 +245,38 @@ class ServedModel:
 
     async def embed(self, items: list[Any], *, pooling: Pooling, top_k: int | None = None) -> list[ItemResult]:
         self.check_options(pooling, top_k)
-        costs = [_item_cost(item) for item in items]
-        return await self.batcher.submit(items, costs, key=(pooling, top_k))
+        wanted = output_for(pooling)
+        results = await self.infer(items, (wanted,), top_k=top_k)
+        return [ItemResult(r.values[wanted], r.tokens) for r in results]
 
-    async def _run_batch(self, key: tuple[Pooling, int | None], items: list[Any]) -> list[ItemResult]:
-        pooling, top_k = key
+    async def infer(
+        self, items: list[Any], outputs: tuple[str, ...], *, top_k: int | None = None, deadline: float | None = None
+    ) -> list[ItemOutputs]:
+        """``outputs`` (contract names, checked by the caller) of every item, from one engine run per batch;
+        ``deadline`` (``time.monotonic()``): items still queued then never run (``TimeoutError``)."""
+        costs = [_item_cost(item) for item in items]
+        return await self.batcher.submit(items, costs, key=(outputs, top_k), deadline=deadline)
+
+    async def _run_batch(self, key: tuple[tuple[str, ...], int | None], items: list[Any]) -> list[ItemOutputs]:
+        wanted, top_k = key
         loop = asyncio.get_running_loop()
         inputs = await loop.run_in_executor(self._pool, self.preprocessor.collate, items)
         if not self.engine.raw_inputs:  # the ensemble's preprocess model owns the encoder inputs
             inputs = feeds(self.manifest, inputs, top_k)
-        wanted = output_for(pooling)
+        names = [n for n in wanted if n != TOKEN_MASK_OUTPUT] + [TOKEN_MASK_OUTPUT]
         start = time.perf_counter()
-        out = await self.engine.embed(inputs, [wanted, TOKEN_MASK_OUTPUT])
+        out = await self.engine.embed(inputs, names)
         self.metrics.inference_seconds.labels(self.name).observe(time.perf_counter() - start)
         mask = np.asarray(out[TOKEN_MASK_OUTPUT])
-        values = np.asarray(out[wanted], dtype=np.float32)
         counts = mask.sum(axis=1).astype(int)
-        vectors = real_tokens(values, mask) if pooling == "none" else list(values)
-        return [ItemResult(vector, int(count)) for vector, count in zip(vectors, counts, strict=True)]
+        columns: dict[str, list[np.ndarray]] = {}
+        for name in names[:-1]:
+            values = np.asarray(out[name], dtype=np.float32)
+            columns[name] = real_tokens(values, mask) if name == TOKENS_OUTPUT else list(values)
+        return [
+            ItemOutputs({name: column[i] for name, column in columns.items()}, int(count))
+            for i, count in enumerate(counts)
+        ]
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:

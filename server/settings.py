@@ -57,6 +57,9 @@ class ServerSettings(BaseSettings):
     # --- network
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    grpc_port: int = Field(8081, ge=0, le=65535, description="KServe v2 gRPC on the same host; 0 = off")
+    grpc_tls_cert: Path | None = Field(None, description="PEM certificate chain: serve gRPC over TLS (with the key)")
+    grpc_tls_key: Path | None = Field(None, description="PEM private key of grpc_tls_cert")
     workers: int = Field(1, ge=1)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     graceful_timeout_s: float = Field(30.0, ge=0, description="time in-flight requests get to finish on shutdown")
@@ -105,6 +108,10 @@ class ServerSettings(BaseSettings):
             raise ValueError("max_items_per_request must not exceed max_queue")
         if self.max_body_bytes > self.max_inflight_bytes:
             raise ValueError("max_body_bytes must not exceed max_inflight_bytes (one request could never run)")
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("gRPC TLS needs both grpc_tls_cert and grpc_tls_key")
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"grpc_port and port are both {self.port}; give gRPC its own port (or 0 = off)")
         return self
 
     def api_key_values(self) -> list[bytes]:

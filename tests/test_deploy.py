@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -302,7 +303,9 @@ def gateway_env(resources: list[dict]) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ YAML
 def test_every_yaml_file_parses_and_is_a_kubernetes_object():
-    files = sorted(DEPLOY.rglob("*.yaml")) + sorted(DEPLOY.rglob("*.yml"))
+    # deploy/compose/ holds Docker Compose and Prometheus files, checked by the compose tests below.
+    files = [f for f in sorted(K8S.rglob("*.yaml")) + sorted(K8S.rglob("*.yml"))]
+    assert not [f for f in DEPLOY.rglob("*.y*ml") if K8S not in f.parents and f.parent.name != "compose"]
     assert files, "no manifests under deploy/"
     for path in files:
         docs = load_yaml(path)
@@ -348,32 +351,47 @@ def test_kubectl_kustomize_renders_like_the_static_renderer(overlay, rendered):
 
 # -------------------------------------------------------------------------------------------- probes
 def test_gateway_probe_paths_are_routes_of_the_app(rendered, tmp_path):
+    import grpc
     from fastapi.testclient import TestClient
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from d2v.server.app import create_app
     from d2v.server.settings import ServerSettings
 
-    # No engines (torch-free, no models): the routes are what matters. Asking the app itself, rather than
-    # walking its routing table, keeps this independent of how FastAPI nests included routers.
-    client = TestClient(create_app(ServerSettings(store=tmp_path), engines=[]))
-    assert client.get("/no-such-route").status_code == 404
-    for resources in rendered.values():
-        for _, c in containers(resources):
-            for kind, probe in probes(c).items():
-                path = probe["httpGet"]["path"]
-                resolve_port(c, probe["httpGet"]["port"])
+    # No engines (torch-free, no models): the routes and health services are what matters. Asking the app
+    # itself, rather than walking its routing table, keeps this independent of how FastAPI nests routers.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        grpc_port = sock.getsockname()[1]
+    app = create_app(ServerSettings(store=tmp_path, grpc_port=grpc_port), engines=[])
+    with TestClient(app) as client, grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert client.get("/no-such-route").status_code == 404
+        for resources in rendered.values():
+            for _, c in containers(resources):
+                for kind, probe in probes(c).items():
+                    if "grpc" in probe:  # Kubernetes' native gRPC probe: a health service of the app
+                        assert is_gateway(c), f"{c['name']} {kind}: only the gateway serves grpc.health.v1"
+                        assert resolve_port(c, probe["grpc"]["port"]) == int(gateway_env(resources)["D2V_GRPC_PORT"])
+                        service = probe["grpc"].get("service", "")
+                        health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)  # NOT_FOUND raises
+                        continue
+                    path = probe["httpGet"]["path"]
+                    resolve_port(c, probe["httpGet"]["port"])
+                    if is_gateway(c):
+                        assert probe["httpGet"].get("scheme", "HTTP") == "HTTP"
+                        status = client.get(path).status_code
+                        assert status != 404, f"{c['name']} {kind} {path} is not a route of the app"
+                        assert status < 400, f"{c['name']} {kind} {path}: {status} with no model to warm"
+                    else:
+                        assert path in TRITON_PROBE_PATHS, f"{c['name']} {kind}: {path}"
                 if is_gateway(c):
-                    assert probe["httpGet"].get("scheme", "HTTP") == "HTTP"
-                    status = client.get(path).status_code
-                    assert status != 404, f"{c['name']} {kind} {path} is not a route of the app"
-                    assert status < 400, f"{c['name']} {kind} {path}: {status} with no model to warm"
-                else:
-                    assert path in TRITON_PROBE_PATHS, f"{c['name']} {kind}: {path}"
-            if is_gateway(c):
-                assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-                # Liveness must not follow readiness: a Triton outage must not restart every gateway.
-                assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
-                assert c["startupProbe"]["httpGet"]["path"] == "/livez"
+                    # Readiness = every model warm (service ""); liveness must not follow readiness: a Triton
+                    # outage must not restart every gateway.
+                    assert c["readinessProbe"]["grpc"]["service"] == ""
+                    assert c["livenessProbe"]["grpc"]["service"] == "liveness"
+                    assert c["startupProbe"]["httpGet"]["path"] == "/livez"
+        assert health.Check(health_pb2.HealthCheckRequest(service="liveness")).status == 1  # SERVING
 
 
 def test_triton_probes_and_flags(rendered):
@@ -508,7 +526,10 @@ def test_gateway_shutdown_fits_the_grace_period(overlay, rendered):
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     pre_stop = float(command[1])
-    assert spec["terminationGracePeriodSeconds"] >= pre_stop + graceful + 5
+    env = gateway_env(resources)
+    grpc_on = int(env.get("D2V_GRPC_PORT", ServerSettings.model_fields["grpc_port"].default)) != 0
+    drains = 2 if grpc_on else 1  # HTTP drains first, then gRPC, each up to D2V_GRACEFUL_TIMEOUT_S
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + drains * graceful + 5
     secret = next(e for e in container["env"] if e["name"] == "D2V_API_KEYS")["valueFrom"]["secretKeyRef"]
     assert secret["name"] and not secret.get("optional", False), "API keys come from a required Secret"
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -567,6 +588,10 @@ def test_runtime_stage_cmd_user_healthcheck(target, dockerfile, parser):
     assert args.host == "0.0.0.0", "inside a container the server must bind all interfaces"
     exposed = {int(p.split("/")[0]) for i in stage.all("EXPOSE") for p in i.value.split()}
     assert args.port in exposed
+    from d2v.server.settings import ServerSettings
+
+    grpc_port = args.grpc_port if args.grpc_port is not None else ServerSettings.model_fields["grpc_port"].default
+    assert grpc_port in exposed, "the image must expose the gRPC port too"
     check = exec_form(stage.last("HEALTHCHECK"))
     url = check[-1]
     assert re.fullmatch(rf"http://127\.0\.0\.1:{args.port}/livez", url), url
@@ -705,3 +730,86 @@ def test_healthcheck_script():
         server.shutdown()
         server.server_close()
     assert health.check(f"http://127.0.0.1:{port}/livez", timeout=1) == 1  # nothing listens any more
+
+
+# ----------------------------------------------------------------------------------------------- compose
+COMPOSE = DEPLOY / "compose" / "compose.yaml"
+
+
+def _compose_env(value: str) -> str:
+    """``${VAR:-default}`` -> default, ``${VAR:?message}`` -> a stand-in value (as the operator must set)."""
+    value = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{[A-Z0-9_]+:\?[^}]*\}", "set-by-operator", value)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _flags(argv: list[str]) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+
+
+def test_compose_gateway_serves_both_protocols_in_triton_mode(compose, parser):
+    from d2v.server.settings import ServerSettings
+
+    gateway, triton = compose["services"]["gateway"], compose["services"]["triton"]
+    args = parse_d2v(parser, gateway["command"])
+    assert args.command == "serve" and args.host == "0.0.0.0"
+    env = {k: _compose_env(str(v)) for k, v in gateway["environment"].items()}
+    assert set(env) <= setting_env_names()
+    settings = ServerSettings(**{k.removeprefix("D2V_").lower(): v for k, v in env.items()}, port=args.port,
+                              grpc_port=args.grpc_port)  # fmt: skip
+    assert settings.engine == "triton" and settings.triton_protocol == "grpc" and settings.api_keys
+    published = {int(p.rsplit(":", 1)[-1]): p for p in gateway["ports"]}
+    assert set(published) == {settings.port, settings.grpc_port}
+    assert all(p.startswith("127.0.0.1:") for p in published.values()), "publish on the host's loopback only"
+    host, port = settings.triton_url.rsplit(":", 1)
+    assert host == "triton" and _flags(triton["command"])["--grpc-port"] == port
+    assert gateway["depends_on"]["triton"]["condition"] == "service_healthy"
+    grace = float(gateway["stop_grace_period"].rstrip("s"))
+    assert grace >= 2 * settings.graceful_timeout_s + 5  # HTTP, then gRPC drain
+    volumes = [_compose_env(v) for v in gateway["volumes"]]
+    store = next(v for v in volumes if v.split(":")[1] == str(settings.store))
+    assert store.endswith(":ro")
+    assert gateway["build"]["target"] == "serve"
+
+
+def test_compose_triton_has_the_repository_and_a_gpu(compose):
+    triton = compose["services"]["triton"]
+    assert triton["command"][0] == "tritonserver"
+    flags = _flags(triton["command"])
+    repo = next(v for v in map(_compose_env, triton["volumes"]) if v.split(":")[1] == flags["--model-repository"])
+    assert repo.endswith(":ro")
+    (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"] and device["count"] >= 1
+    assert (DEPLOY / "compose" / triton["build"]["context"] / triton["build"]["dockerfile"]).resolve() == (
+        DEPLOY / "triton" / "Dockerfile"
+    )
+    assert {flags["--http-port"], flags["--grpc-port"], flags["--metrics-port"]} <= set(triton["expose"])
+    health = " ".join(triton["healthcheck"]["test"])
+    assert f"127.0.0.1:{flags['--http-port']}/v2/health/ready" in health
+    assert float(triton["stop_grace_period"].rstrip("s")) > float(flags["--exit-timeout-secs"])
+
+
+def test_compose_prometheus_scrapes_gateway_and_triton(compose, parser, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from d2v.server.app import create_app
+    from d2v.server.settings import ServerSettings
+
+    services = compose["services"]
+    prom = services["prometheus"]
+    config_mount = next(v for v in prom["volumes"] if v.split(":")[1] == "/etc/prometheus/prometheus.yml")
+    config = yaml.safe_load((COMPOSE.parent / config_mount.split(":")[0]).read_text())
+    targets = {
+        job["job_name"]: (job.get("metrics_path", "/metrics"), job["static_configs"][0]["targets"])
+        for job in config["scrape_configs"]
+    }
+    gateway_port = parse_d2v(parser, services["gateway"]["command"]).port
+    path, hosts = targets["d2v-gateway"]
+    assert hosts == [f"gateway:{gateway_port}"]
+    client = TestClient(create_app(ServerSettings(store=tmp_path, grpc_port=0), engines=[]))
+    assert client.get(path).status_code == 200  # a real route, and it needs no API key
+    assert targets["triton"][1] == [f"triton:{_flags(services['triton']['command'])['--metrics-port']}"]

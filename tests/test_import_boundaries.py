@@ -237,7 +237,13 @@ def _loaded_after(code: str) -> set[str]:
 
 
 # Modules of optional extras (Ray, tritonclient) whose absence is fine; every other module must import.
-_OPTIONAL = ("d2v.extract.ray_job", "d2v_client.triton", "d2v.runtime.engines.triton")
+_OPTIONAL = (
+    "d2v.extract.ray_job",
+    "d2v_client._grpc",
+    "d2v_client.grpc_client",
+    "d2v_client.async_grpc_client",
+    "d2v.runtime.engines.triton",
+)
 
 
 def test_torch_free_floors_load_no_torch():

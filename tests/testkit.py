@@ -245,7 +245,8 @@ def wav_bytes(seconds: float = 0.5, rate: int = SAMPLE_RATE, seed: int = 0) -> b
 # ------------------------------------------------------------------------------------------ servers
 def make_settings(store: Path, **overrides) -> ServerSettings:
     """Gateway tests run one known engine; ``--engine auto`` (the default) has its own tests."""
-    base = {"store": store, "max_wait_ms": 2.0, "preprocess_workers": 2, "engine": "onnxruntime"}
+    # gRPC off: in-process apps must not all bind the default 8081 (the gRPC tests pass their own free port).
+    base = {"store": store, "max_wait_ms": 2.0, "preprocess_workers": 2, "engine": "onnxruntime", "grpc_port": 0}
     return ServerSettings(**{**base, **overrides})
 
 

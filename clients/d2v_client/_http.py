@@ -9,6 +9,7 @@ real time.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -50,6 +51,15 @@ def delay_or_raise(policy: RetryPolicy, err: D2VClientError, attempt: int, rng: 
     if not err.retryable or attempt >= policy.max_retries:
         raise err
     return policy.delay(attempt, err.retry_after, rng)
+
+
+SERVER_URL_ENV = "D2V_SERVER_URL"
+DEFAULT_SERVER_URL = "http://127.0.0.1:8080"  # d2v serve's default HTTP port
+
+
+def default_base_url() -> str:
+    """``$D2V_SERVER_URL``, else ``http://127.0.0.1:8080``; read when a client is built, never at import."""
+    return os.environ.get(SERVER_URL_ENV) or DEFAULT_SERVER_URL
 
 
 def default_headers(api_key: str | None) -> dict[str, str]:

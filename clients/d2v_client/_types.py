@@ -91,13 +91,14 @@ class ServerInfo:
         return None
 
     def limits_for(self, model: ModelInfo | None) -> Limits:
-        """Per-model limits overriding the server-wide ones field by field."""
+        """Per-model limits over the server-wide ones field by field; where both are published, a request must
+        keep both (e.g. a model's engine batch of 32 under a server cap of 8 items per request: 8)."""
         if model is None:
             return self.limits
-        merged = {k: getattr(model.limits, k) for k in Limits.__dataclass_fields__}
-        for key, value in merged.items():
-            if value is None:
-                merged[key] = getattr(self.limits, key)
+        merged = {}
+        for key in Limits.__dataclass_fields__:
+            values = [v for v in (getattr(model.limits, key), getattr(self.limits, key)) if v is not None]
+            merged[key] = min(values) if values else None
         return Limits(**merged)
 
 

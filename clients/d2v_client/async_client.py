@@ -11,12 +11,13 @@ import httpx
 import numpy as np
 
 from d2v_client import _core
-from d2v_client._http import AsyncTransport, RetryPolicy, default_headers
-from d2v_client._types import Embeddings, EmbedOptions, Modality, Pooling, ServerInfo, UploadMode, as_list
+from d2v_client._http import AsyncTransport, RetryPolicy, default_base_url, default_headers
+from d2v_client._methods import AsyncEmbedMethods
+from d2v_client._types import Embeddings, EmbedOptions, Modality, ServerInfo, UploadMode, as_list
 from d2v_client.errors import NotFoundError
 
 
-class AsyncClient:
+class AsyncClient(AsyncEmbedMethods):
     """An asyncio client for the data2vec embedding server.
 
     Chunking, bounded concurrency (an ``asyncio.Semaphore`` of ``max_concurrency``), retries and errors
@@ -24,8 +25,8 @@ class AsyncClient:
 
     Example::
 
-        async with AsyncClient("http://127.0.0.1:8000") as client:
-            vecs = await client.embed_images(["a.png", "b.jpg"])
+        async with AsyncClient() as client:  # $D2V_SERVER_URL or http://127.0.0.1:8080
+            vecs = await client.embed_image(["a.png", "b.jpg"])
 
     Args:
         base_url, api_key, timeout, max_concurrency, retry, upload, rng: as for :class:`d2v_client.Client`.
@@ -35,7 +36,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        base_url: str = "http://127.0.0.1:8000",
+        base_url: str | None = None,
         *,
         api_key: str | None = None,
         timeout: float = 60.0,
@@ -47,7 +48,10 @@ class AsyncClient:
         rng: random.Random | None = None,
     ) -> None:
         http = httpx.AsyncClient(
-            base_url=base_url, headers=default_headers(api_key), timeout=timeout, transport=transport
+            base_url=base_url or default_base_url(),
+            headers=default_headers(api_key),
+            timeout=timeout,
+            transport=transport,
         )
         self._transport = AsyncTransport(http, retry or RetryPolicy(), sleep=sleep, rng=rng)
         self.max_concurrency = max(1, max_concurrency)
@@ -92,60 +96,6 @@ class AsyncClient:
         except httpx.HTTPError:
             return False
 
-    async def embed_text(
-        self,
-        texts: str | Iterable[str],
-        *,
-        model: str | None = None,
-        pooling: Pooling | None = None,
-        normalize: bool | None = None,
-        dimensions: int | None = None,
-        layers: int | None = None,
-    ) -> Embeddings:
-        """Embed strings; see :meth:`d2v_client.Client.embed_text`.
-
-        Raises:
-            D2VClientError: see :mod:`d2v_client.errors`.
-        """
-        opts = dict(model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers)
-        return await self.embed("text", texts, **opts)
-
-    async def embed_images(
-        self,
-        images: Any,
-        *,
-        model: str | None = None,
-        pooling: Pooling | None = None,
-        normalize: bool | None = None,
-        dimensions: int | None = None,
-        layers: int | None = None,
-    ) -> Embeddings:
-        """Embed images; see :meth:`d2v_client.Client.embed_images`.
-
-        Raises:
-            D2VClientError: see :mod:`d2v_client.errors`.
-        """
-        opts = dict(model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers)
-        return await self.embed("image", images, **opts)
-
-    async def embed_audio(
-        self,
-        audio: Any,
-        *,
-        model: str | None = None,
-        pooling: Pooling | None = None,
-        normalize: bool | None = None,
-        dimensions: int | None = None,
-        layers: int | None = None,
-    ) -> Embeddings:
-        """Embed audio; see :meth:`d2v_client.Client.embed_audio`.
-
-        Raises:
-            D2VClientError: see :mod:`d2v_client.errors`.
-        """
-        opts = dict(model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers)
-        return await self.embed("audio", audio, **opts)
-
     async def embed(self, modality: Modality, inputs: Any, **options: Any) -> Embeddings:
         """Embed inputs of one modality; ``options`` are those of :class:`EmbedOptions`.
 
@@ -154,19 +104,30 @@ class AsyncClient:
         """
         opts, items = EmbedOptions(**options), as_list(inputs)
         job, chunks = _core.plan_embed(modality, items, opts, await self.info(), self.upload == "multipart")
-        gate = asyncio.Semaphore(self.max_concurrency)
 
         async def send(chunk: _core.Chunk) -> list[np.ndarray]:
-            async with gate:
-                req = job.request(chunk)
-                body = await self._transport.request("POST", req.path, json=req.json, files=req.files, data=req.data)
-                return job.parse(chunk, body)
+            req = job.request(chunk)
+            body = await self._transport.request("POST", req.path, json=req.json, files=req.files, data=req.data)
+            return job.parse(chunk, body)
 
-        all_chunks = list(chunks)  # encode every input before the first request goes out
-        tasks = [asyncio.ensure_future(send(c)) for c in all_chunks]
-        try:
-            parts = await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
+        parts = await gather_chunks(send, chunks, self.max_concurrency)
         return job.assemble(list(parts))
+
+
+async def gather_chunks(
+    send: Callable[[_core.Chunk], Awaitable[list[np.ndarray]]], chunks: Iterable[_core.Chunk], max_concurrency: int
+) -> list[list[np.ndarray]]:
+    """Every chunk through ``send`` with at most ``max_concurrency`` in flight; results in chunk order (shared
+    by the HTTP and gRPC asyncio clients). Inputs are all encoded before the first request goes out."""
+    gate = asyncio.Semaphore(max_concurrency)
+
+    async def bounded(chunk: _core.Chunk) -> list[np.ndarray]:
+        async with gate:
+            return await send(chunk)
+
+    tasks = [asyncio.ensure_future(bounded(c)) for c in list(chunks)]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -13,12 +13,13 @@ import httpx
 import numpy as np
 
 from d2v_client import _core
-from d2v_client._http import RetryPolicy, SyncTransport, default_headers
-from d2v_client._types import Embeddings, EmbedOptions, Modality, Pooling, ServerInfo, UploadMode, as_list
+from d2v_client._http import RetryPolicy, SyncTransport, default_base_url, default_headers
+from d2v_client._methods import EmbedMethods
+from d2v_client._types import Embeddings, EmbedOptions, Modality, ServerInfo, UploadMode, as_list
 from d2v_client.errors import NotFoundError
 
 
-class Client:
+class Client(EmbedMethods):
     """A blocking client for the data2vec embedding server.
 
     Large inputs are cut into requests that respect the server's ``/info`` limits and sent with at most
@@ -27,12 +28,13 @@ class Client:
 
     Example::
 
-        with Client("http://127.0.0.1:8000") as client:
+        with Client() as client:                                   # $D2V_SERVER_URL or http://127.0.0.1:8080
             vecs = client.embed_text(["hello", "world"])          # np.ndarray [2, D], float32
             toks = client.embed_text(["hello"], pooling="none")   # [np.ndarray [T, D]]
 
     Args:
-        base_url: the server, e.g. ``http://127.0.0.1:8000``.
+        base_url: the server; default: ``$D2V_SERVER_URL`` (read here, at construction), else
+            ``http://127.0.0.1:8080`` (``d2v serve``'s default).
         api_key: sent as ``Authorization: Bearer <key>``.
         timeout: per-request timeout in seconds.
         max_concurrency: requests in flight at once for one call.
@@ -45,7 +47,7 @@ class Client:
 
     def __init__(
         self,
-        base_url: str = "http://127.0.0.1:8000",
+        base_url: str | None = None,
         *,
         api_key: str | None = None,
         timeout: float = 60.0,
@@ -56,7 +58,12 @@ class Client:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        http = httpx.Client(base_url=base_url, headers=default_headers(api_key), timeout=timeout, transport=transport)
+        http = httpx.Client(
+            base_url=base_url or default_base_url(),
+            headers=default_headers(api_key),
+            timeout=timeout,
+            transport=transport,
+        )
         self._transport = SyncTransport(http, retry or RetryPolicy(), sleep=sleep, rng=rng)
         self.max_concurrency = max(1, max_concurrency)
         self.upload = upload
@@ -111,69 +118,6 @@ class Client:
 
     # -- embedding -------------------------------------------------------------------------------------------
 
-    def embed_text(
-        self,
-        texts: str | Iterable[str],
-        *,
-        model: str | None = None,
-        pooling: Pooling | None = None,
-        normalize: bool | None = None,
-        dimensions: int | None = None,
-        layers: int | None = None,
-    ) -> Embeddings:
-        """Embed strings.
-
-        Returns:
-            ``np.ndarray [N, D]`` float32, or for ``pooling="none"`` one ``[T_i, D]`` array per input.
-
-        Raises:
-            BadRequestError: a non-string input or one the server rejects (with the server's message).
-            AuthenticationError, OverloadedError, ServerError, D2VConnectionError: see :mod:`d2v_client.errors`.
-        """
-        return self.embed(
-            "text", texts, model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers
-        )
-
-    def embed_images(
-        self,
-        images: Any,
-        *,
-        model: str | None = None,
-        pooling: Pooling | None = None,
-        normalize: bool | None = None,
-        dimensions: int | None = None,
-        layers: int | None = None,
-    ) -> Embeddings:
-        """Embed images given as paths, encoded bytes, PIL images or ``HxWxC`` uint8 arrays (one or a list).
-
-        Raises:
-            BadRequestError: an unreadable path, an unsupported input, or one the server rejects.
-            AuthenticationError, OverloadedError, ServerError, D2VConnectionError: see :mod:`d2v_client.errors`.
-        """
-        return self.embed(
-            "image", images, model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers
-        )
-
-    def embed_audio(
-        self,
-        audio: Any,
-        *,
-        model: str | None = None,
-        pooling: Pooling | None = None,
-        normalize: bool | None = None,
-        dimensions: int | None = None,
-        layers: int | None = None,
-    ) -> Embeddings:
-        """Embed audio given as paths, encoded file bytes or ``(samples, sample_rate)`` pairs (one or a list).
-
-        Raises:
-            BadRequestError: an unreadable path, an unsupported input, or one the server rejects.
-            AuthenticationError, OverloadedError, ServerError, D2VConnectionError: see :mod:`d2v_client.errors`.
-        """
-        return self.embed(
-            "audio", audio, model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers
-        )
-
     def embed(self, modality: Modality, inputs: Any, **options: Any) -> Embeddings:
         """Embed inputs of one modality; ``options`` are those of :class:`EmbedOptions`.
 
@@ -190,33 +134,42 @@ class Client:
         return job.parse(chunk, body)
 
     def _run_chunks(self, job: _core.EmbedJob, chunks: Iterable[_core.Chunk]) -> list[list[np.ndarray]]:
-        """Send chunks with at most ``max_concurrency`` in flight; inputs are encoded only as slots free up."""
-        results: dict[int, list[np.ndarray]] = {}
-        pending: dict[Future[list[np.ndarray]], int] = {}
-        try:
-            for chunk in chunks:
-                if self.max_concurrency == 1:
-                    results[chunk.start] = self._send(job, chunk)
-                    continue
-                while len(pending) >= self.max_concurrency:
-                    self._collect(pending, results, FIRST_COMPLETED)
-                fut = self._executor().submit(self._send, job, chunk)
-                pending[fut] = chunk.start
-            while pending:
-                self._collect(pending, results, FIRST_COMPLETED)
-        finally:
-            for fut in pending:
-                fut.cancel()
-        return [results[k] for k in sorted(results)]
-
-    @staticmethod
-    def _collect(pending: dict[Future[list[np.ndarray]], int], results: dict[int, list[np.ndarray]], how: str) -> None:
-        done, _ = wait(pending, return_when=how)
-        for fut in done:
-            results[pending.pop(fut)] = fut.result()
+        return run_chunks(lambda chunk: self._send(job, chunk), chunks, self.max_concurrency, self._executor)
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="d2v-client")
             return self._pool
+
+
+def run_chunks(
+    send: Callable[[_core.Chunk], list[np.ndarray]],
+    chunks: Iterable[_core.Chunk],
+    max_concurrency: int,
+    executor: Callable[[], ThreadPoolExecutor],
+) -> list[list[np.ndarray]]:
+    """Send chunks with at most ``max_concurrency`` in flight (threads of ``executor()``); inputs are encoded
+    only as slots free up. Returns the results in chunk order (shared by the HTTP and gRPC clients)."""
+    results: dict[int, list[np.ndarray]] = {}
+    pending: dict[Future[list[np.ndarray]], int] = {}
+
+    def collect() -> None:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in done:
+            results[pending.pop(fut)] = fut.result()
+
+    try:
+        for chunk in chunks:
+            if max_concurrency == 1:
+                results[chunk.start] = send(chunk)
+                continue
+            while len(pending) >= max_concurrency:
+                collect()
+            pending[executor().submit(send, chunk)] = chunk.start
+        while pending:
+            collect()
+    finally:
+        for fut in pending:
+            fut.cancel()
+    return [results[k] for k in sorted(results)]

@@ -1,4 +1,4 @@
-"""The SDK's typed error hierarchy, and the one place HTTP failures are mapped onto it.
+"""The SDK's typed error hierarchy, and the one place HTTP and gRPC failures are mapped onto it.
 
 Every error the SDK raises is a :class:`D2VClientError`. Server errors carry the server's own message,
 ``type`` and ``code`` from its ``{"error": {"message", "type", "code"}}`` body::
@@ -13,6 +13,12 @@ Every error the SDK raises is a :class:`D2VClientError`. Server errors carry the
     │   └── ServiceUnavailableError  503 (retryable)
     └── D2VConnectionError         no HTTP response at all (retryable)
         └── D2VTimeoutError
+
+gRPC status codes map the same way (:func:`error_from_grpc`): INVALID_ARGUMENT -> BadRequestError
+(PayloadTooLargeError when the ``d2v-error-code`` trailer names a limit), NOT_FOUND -> NotFoundError,
+UNAUTHENTICATED -> AuthenticationError, RESOURCE_EXHAUSTED -> OverloadedError (``retry-after`` trailer),
+UNAVAILABLE -> ServiceUnavailableError (Triton's "exceeds maximum queue size" -> OverloadedError),
+DEADLINE_EXCEEDED -> D2VTimeoutError, CANCELLED -> D2VConnectionError, anything else -> ServerError.
 """
 
 from __future__ import annotations
@@ -158,3 +164,60 @@ def _error_fields(body: Any, status: int) -> tuple[str, str | None, str | None]:
     if isinstance(body, str) and body.strip():
         return body.strip()[:500], None, None
     return f"HTTP {status}", None, None
+
+
+# gRPC status name -> SDK error class (the gateway's mapping, server/error_handlers.py, read backwards).
+_BY_GRPC_CODE: dict[str, type[D2VClientError]] = {
+    "INVALID_ARGUMENT": BadRequestError,
+    "OUT_OF_RANGE": BadRequestError,
+    "FAILED_PRECONDITION": BadRequestError,
+    "NOT_FOUND": NotFoundError,
+    "UNAUTHENTICATED": AuthenticationError,
+    "PERMISSION_DENIED": AuthenticationError,
+    "RESOURCE_EXHAUSTED": OverloadedError,
+    "UNAVAILABLE": ServiceUnavailableError,
+    "DEADLINE_EXCEEDED": D2VTimeoutError,
+    "CANCELLED": D2VConnectionError,
+}
+#: ``d2v-error-code`` values of the gateway's "over a limit" errors.
+_LIMIT_CODES = frozenset({"payload_too_large", "input_too_long", "too_many_items", "body_too_large"})
+_QUEUE_FULL = "exceeds maximum queue size"  # Triton's full dynamic-batching queue: an overload, not an outage
+_TOO_BIG = "larger than max"  # gRPC's own message-size refusal (RESOURCE_EXHAUSTED, before the handler)
+
+
+def error_from_grpc(code: str, details: str, trailers: Mapping[str, str] | None = None) -> D2VClientError:
+    """Build the typed error for a failed gRPC call.
+
+    Args:
+        code: the status code's name (``"INVALID_ARGUMENT"``; ``"StatusCode.X"`` works too).
+        details: the status message.
+        trailers: the trailing metadata (``retry-after``, ``d2v-error-code`` from the gateway).
+    """
+    name = code.rsplit(".", 1)[-1].upper()
+    trailers = trailers or {}
+    server_code = trailers.get("d2v-error-code")
+    cls = _BY_GRPC_CODE.get(name, ServerError)
+    lowered = details.lower()
+    if cls is BadRequestError and server_code in _LIMIT_CODES or cls is OverloadedError and _TOO_BIG in lowered:
+        cls = PayloadTooLargeError
+    elif cls is ServiceUnavailableError and _QUEUE_FULL in lowered:
+        cls = OverloadedError
+    retry_after = parse_retry_after(trailers.get("retry-after"))
+    return cls(details or name, type=name, code=server_code or name, retry_after=retry_after)
+
+
+def error_from_stream_message(message: str) -> D2VClientError:
+    """A ``ModelStreamInfer`` per-request error (only a message on the wire). The gateway starts it with the
+    status name (``"RESOURCE_EXHAUSTED: ..."``); Triton's plain messages become :class:`ServerError`, or
+    :class:`BadRequestError` for its input checks."""
+    head, sep, rest = message.partition(": ")
+    if sep and head in _BY_GRPC_CODE:
+        return error_from_grpc(head, rest)
+    lowered = message.lower()
+    if _QUEUE_FULL in lowered:
+        return OverloadedError(message, code="RESOURCE_EXHAUSTED")
+    if "unknown model" in lowered:
+        return NotFoundError(message, code="NOT_FOUND")
+    if "unexpected inference" in lowered or "preprocessing" in lowered or "batch-size" in lowered:
+        return BadRequestError(message, code="INVALID_ARGUMENT")
+    return ServerError(message)

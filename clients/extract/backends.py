@@ -234,20 +234,31 @@ class LocalBackend:
 
 
 class ServerBackend:
-    """A running server through the SDK (``d2v_client.Client``); its retries and chunking apply."""
+    """A running server through the SDK, its retries and chunking applying: ``d2v_client.Client`` (HTTP), or
+    with ``grpc`` a streaming ``d2v_client.GrpcClient`` (KServe v2 ``ModelStreamInfer``, to the gateway or to
+    a Triton ensemble: a few requests of each stream in flight at once)."""
 
-    def __init__(self, url: str, api_key: str | None, models: list[str], options: Options, workers: int) -> None:
-        from d2v_client import Client
+    def __init__(
+        self, url: str, api_key: str | None, models: list[str], options: Options, workers: int, grpc: bool = False
+    ) -> None:
+        from d2v_client import Client, GrpcClient
 
-        self.client = Client(url, api_key=api_key, max_concurrency=1, timeout=300.0)
+        if grpc:
+            self.client = GrpcClient(url, api_key=api_key, max_concurrency=4, timeout=300.0, streaming=True)
+        else:
+            self.client = Client(url, api_key=api_key, max_concurrency=1, timeout=300.0)
+        self.grpc = grpc
         self.options = options
         self._names = models
         self.workers = workers
 
+    def _served(self) -> list[Any]:
+        return self.client.models() if self.grpc else list(self.client.info().models)
+
     def model_for(self, modality: str) -> ModelRef:
-        info = self.client.info()
-        model = next((m for m in info.models if m.name in self._names and m.modality == modality), None)
-        model = model or (info.model_for(modality) if not self._names else None)
+        served = self._served()
+        model = next((m for m in served if m.name in self._names and m.modality == modality), None)
+        model = model or (next((m for m in served if m.modality == modality), None) if not self._names else None)
         if model is None:
             raise NotFound(
                 f"the server serves no {modality} model{' named ' + str(self._names) if self._names else ''}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .connection import API_KEY_ENV, DEFAULT_SERVER, SERVER_ENV
+from .connection import API_KEY_ENV, DEFAULT_GRPC, DEFAULT_SERVER, GRPC_ENV, SERVER_ENV
 
 
 def register(subparsers: Any) -> None:
@@ -35,6 +35,8 @@ def _register_embed(subparsers: Any) -> None:
     group.add_argument("--image", action="append", default=[], metavar="PATH", help="an image file (repeatable)")
     group.add_argument("--audio", action="append", default=[], metavar="PATH", help="an audio file (repeatable)")
     p.add_argument("--server", default=None, help=f"server URL (default: ${SERVER_ENV} or {DEFAULT_SERVER})")
+    p.add_argument("--grpc", action="store_true", help="use the KServe v2 gRPC API (the gateway's or Triton's)")
+    p.add_argument("--grpc-url", default=None, help=f"--grpc target host:port (default: ${GRPC_ENV} or {DEFAULT_GRPC})")
     p.add_argument("--api-key", default=None, help=f"Bearer API key (default: ${API_KEY_ENV})")
     _add_output_options(p)
     p.add_argument("-o", "--output", metavar="FILE.npy", help="write the vectors to a .npy file instead of printing")
@@ -63,6 +65,13 @@ def _register_extract(subparsers: Any) -> None:
         "ray: Ray Data actors, each running the auto choice",
     )
     p.add_argument("--server", default=None, help=f"server URL for --engine server (default: ${SERVER_ENV})")
+    p.add_argument(
+        "--protocol",
+        choices=["http", "grpc"],
+        default="http",
+        help="--engine server: http (the native API) or grpc (KServe v2 ModelStreamInfer, to the gateway or Triton)",
+    )
+    p.add_argument("--grpc-url", default=None, help=f"--protocol grpc target host:port (default: ${GRPC_ENV})")
     p.add_argument("--api-key", default=None, help=f"Bearer API key (default: ${API_KEY_ENV})")
     p.add_argument("--store", default=None, help="model store (default: $D2V_HOME/models)")
     p.add_argument("--modality", choices=["text", "image", "audio"], help="default: inferred from file types")

@@ -1,4 +1,5 @@
-"""``d2v embed``: a few inputs through the SDK; vectors printed as JSON lines or written to ``.npy``."""
+"""``d2v embed``: a few inputs through the SDK (HTTP, or KServe v2 gRPC with ``--grpc``); vectors printed as
+JSON lines or written to ``.npy``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from d2v.core.errors import InvalidInput, Unauthorized, Unavailable
 from d2v_client import AuthenticationError, BadRequestError, Client, D2VClientError, RetryPolicy
 
-from .connection import api_key, server_url
+from .connection import api_key, grpc_target, server_url
 
 _MODALITY_WORDS = ("text", "image", "audio")
 
@@ -48,16 +49,24 @@ def run_embed(args: argparse.Namespace) -> int:
     """
     modality, inputs = parse_inputs(args)
     options = {"model": args.model, "pooling": args.pooling, "normalize": args.normalize, "dimensions": args.dimensions}
+    grpc = getattr(args, "grpc", False)
+    where = grpc_target(args) if grpc else server_url(args)
     try:
         retry = RetryPolicy(max_retries=max(0, args.retries))
-        with Client(server_url(args), api_key=api_key(args), timeout=args.timeout, retry=retry) as client:
+        if grpc:
+            from d2v_client import GrpcClient
+
+            client = GrpcClient(where, api_key=api_key(args), timeout=args.timeout, retry=retry)
+        else:
+            client = Client(where, api_key=api_key(args), timeout=args.timeout, retry=retry)
+        with client:
             result = client.embed(modality, inputs, **options)
     except BadRequestError as exc:
         raise InvalidInput(exc.message) from exc
     except AuthenticationError as exc:
         raise Unauthorized(exc.message) from exc
     except D2VClientError as exc:
-        raise Unavailable(f"{server_url(args)}: {exc}") from exc
+        raise Unavailable(f"{where}: {exc}") from exc
     if args.output:
         _save(args.output, result)
         print(f"wrote {len(inputs)} embedding(s) to {args.output}", file=sys.stderr)

@@ -17,7 +17,7 @@ from d2v.core.paths import default_store
 
 from . import report
 from .backends import Backend, LocalBackend, ModelRef, Options, ServerBackend, output_settings
-from .connection import api_key, server_url
+from .connection import api_key, grpc_target, server_url
 from .inputs import Item, read_inputs
 from .shards import Row, ShardStore, clear_output
 
@@ -44,7 +44,9 @@ def model_store(args: argparse.Namespace) -> Path:
 
 def make_backend(args: argparse.Namespace, workers: int) -> Backend:
     if args.engine == "server":
-        return ServerBackend(server_url(args), api_key(args), args.model, options_from(args), workers)
+        grpc = getattr(args, "protocol", "http") == "grpc"
+        url = grpc_target(args) if grpc else server_url(args)
+        return ServerBackend(url, api_key(args), args.model, options_from(args), workers, grpc=grpc)
     return LocalBackend(model_store(args), args.model, options_from(args), workers)
 
 

@@ -16,7 +16,7 @@ def test_sdk_all_modalities(live_gateway, testkit):
     with Client(live_gateway) as client:
         assert {m.modality for m in client.info().models} == {"text", "image", "audio"}
         text = client.embed_text(["hello world", "embedding servers"])
-        image = client.embed_images([testkit.png_bytes(seed=1), testkit.png_bytes(seed=2)])
+        image = client.embed_image([testkit.png_bytes(seed=1), testkit.png_bytes(seed=2)])
         audio = client.embed_audio([testkit.wav_bytes(seed=1)])
         tokens = client.embed_text(["hello world"], pooling="none")
         short = client.embed_text(["hello"], dimensions=4)
@@ -40,13 +40,13 @@ def test_sdk_multipart_and_async(live_gateway, testkit, tmp_path):
     path = tmp_path / "a.png"
     path.write_bytes(testkit.png_bytes(seed=3))
     with Client(live_gateway, upload="multipart") as client:
-        multipart = client.embed_images([path])
+        multipart = client.embed_image([path])
     with Client(live_gateway) as client:
-        base64_ = client.embed_images([path])
+        base64_ = client.embed_image([path])
 
     async def run():
         async with AsyncClient(live_gateway) as client:
-            return await client.embed_images([path]), await client.embed_audio([testkit.wav_bytes()])
+            return await client.embed_image([path]), await client.embed_audio([testkit.wav_bytes()])
 
     aimg, aaud = asyncio.run(run())
     np.testing.assert_allclose(multipart, base64_, rtol=1e-5)
@@ -56,7 +56,7 @@ def test_sdk_multipart_and_async(live_gateway, testkit, tmp_path):
 
 def test_sdk_surfaces_server_message(live_gateway):
     with Client(live_gateway) as client, pytest.raises(BadRequestError) as info:
-        client.embed_images([b"definitely not an image"])
+        client.embed_image([b"definitely not an image"])
     assert info.value.status == 415 and "image" in info.value.message
 
 

@@ -75,7 +75,7 @@ def test_async_images_and_audio(fake_server, sleeps, tmp_path):
 
     async def main():
         async with make_client(fake_server, sleeps) as client:
-            return await client.embed_images([path]), await client.embed_audio((np.zeros(160), 16000))
+            return await client.embed_image([path]), await client.embed_audio((np.zeros(160), 16000))
 
     img, aud = asyncio.run(main())
     assert img.shape == aud.shape == (1, 8)

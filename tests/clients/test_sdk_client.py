@@ -125,7 +125,7 @@ def test_images_travel_as_data_uris(fake_server, tmp_path):
     path = tmp_path / "a.png"
     path.write_bytes(png)
     with make_client(fake_server) as client:
-        out = client.embed_images([path, str(path), png])
+        out = client.embed_image([path, str(path), png])
     uris = fake_server.bodies[0]["input"]
     assert out.shape == (3, 8) and len(set(uris)) == 1
     assert uris[0].startswith("data:image/png;base64,")
@@ -135,7 +135,7 @@ def test_pil_image_and_array_inputs(fake_server):
     Image = pytest.importorskip("PIL.Image")
     img = Image.new("RGB", (5, 4), (255, 0, 0))
     with make_client(fake_server) as client:
-        out = client.embed_images([img, np.zeros((4, 5, 3), dtype=np.uint8)])
+        out = client.embed_image([img, np.zeros((4, 5, 3), dtype=np.uint8)])
     assert out.shape == (2, 8)
     assert all(u.startswith("data:image/png;base64,") for u in fake_server.bodies[0]["input"])
 
@@ -169,7 +169,7 @@ def test_bad_inputs_fail_locally(fake_server, tmp_path):
         with pytest.raises(BadRequestError, match="text inputs must be str"):
             client.embed_text(["ok", 3])
         with pytest.raises(BadRequestError, match="cannot read"):
-            client.embed_images([tmp_path / "missing.png"])
+            client.embed_image([tmp_path / "missing.png"])
         with pytest.raises(BadRequestError, match="unsupported audio input"):
             client.embed_audio([1.5])
     assert not fake_server.bodies
@@ -189,7 +189,7 @@ def test_multipart_upload(tmp_path):
     path = tmp_path / "x.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n1234")
     with make_client(handler, upload="multipart") as client:
-        out = client.embed_images([path, path, path], normalize=False)
+        out = client.embed_image([path, path, path], normalize=False)
     assert seen["ctype"].startswith("multipart/form-data") and len(seen["bodies"]) == 2
     assert b'filename="x.png"' in seen["bodies"][0] and b"image/png" in seen["bodies"][0]
     assert b'name="normalize"\r\n\r\nfalse' in seen["bodies"][0]

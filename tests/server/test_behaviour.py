@@ -107,7 +107,7 @@ async def test_concurrent_requests_share_batches_in_metrics(store):
         items = metric(text, "d2v_batch_size_sum")
         assert items == 9 and batches <= 3, (batches, items)  # 8 merged requests + the solo one
         assert metric(text, "d2v_inference_seconds_count") == batches
-        assert 'd2v_requests_total{route="/v1/embeddings",status="200"} 9.0' in text
+        assert 'd2v_requests_total{protocol="http",route="/v1/embeddings",status="200"} 9.0' in text
 
 
 async def test_body_limit_before_parsing(store):
