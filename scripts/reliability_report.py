@@ -24,6 +24,7 @@ SUITES = [
     "tests/server/test_openapi_fuzz.py",
     "tests/models/preprocessing/test_fuzz.py",
     "tests/server/test_admission.py",
+    "tests/server/test_grpc.py::test_http_client_disconnect_also_drops_its_queued_items",
     "tests/server/test_soak.py",
     "tests/server/test_triton_live.py::test_ensemble_applies_the_text_limits_of_encoder_mode",
     "tests/clients/test_extract.py::test_resume_after_sigkill_gives_every_id_exactly_once",
