@@ -4,9 +4,11 @@ of the same preprocessed inputs, and ``/info`` and ``model.json`` say where the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -105,3 +107,48 @@ async def test_converted_v2_model_serves_fairseq_embeddings(fairseq_oracle, serv
     expected = _expected(fairseq_oracle, files, root, modality)
     assert served.shape == expected.shape
     assert np.abs(served - expected).max() <= 1e-4
+
+
+@pytest.mark.triton
+def test_converted_v2_models_run_in_a_real_triton_ensemble(served_store):
+    """The same converted models as a Triton repository (ensemble: preprocess -> encoder) on the real
+    tritonserver: the ensemble's vectors equal the embedded engine's for the same raw inputs."""
+    import tritonclient.grpc as grpcclient
+
+    from d2v.core.contract import MEAN_OUTPUT
+    from d2v.server.app import create_app
+
+    tf = sys.modules["triton_fixtures"]
+    reason = tf.triton_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    _, root, store = served_store
+    exports = {m: store / f"fs-{m}" for m in RAW}
+    repo = tf.write_triton_repo(exports, root / "triton-repo")
+    server = tf.start_triton(repo)
+    try:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        from_triton = {}
+        for modality in RAW:
+            raws = [r.encode() if modality == "text" else r for r in RAW[modality]]
+            tensor = grpcclient.InferInput("raw_input", [len(raws), 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[r] for r in raws], dtype=object))
+            result = client.infer(f"fs-{modality}", [tensor], outputs=[grpcclient.InferRequestedOutput(MEAN_OUTPUT)])
+            from_triton[modality] = result.as_numpy(MEAN_OUTPUT)
+        client.close()
+    finally:
+        server.stop()
+
+    async def embedded() -> dict[str, np.ndarray]:
+        out = {}
+        async with testkit.asgi_client(create_app(testkit.make_settings(store))) as http:
+            for modality in RAW:
+                body = {"input": _payload(modality), "model": f"fs-{modality}", "normalize": False}
+                r = await http.post(f"/v1/embed/{modality}", json=body)
+                assert r.status_code == 200, r.text
+                out[modality] = np.asarray([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+        return out
+
+    for modality, served in asyncio.run(embedded()).items():
+        assert from_triton[modality].shape == served.shape, modality
+        np.testing.assert_allclose(from_triton[modality], served, atol=1e-5, rtol=0, err_msg=modality)
