@@ -128,7 +128,8 @@ class GrpcJob:
         for name in self.outputs:
             req.outputs.add(name=name)
         if self.gateway:
-            for key, value in (("normalize", o.normalize), ("dimensions", o.dimensions), ("layers", o.layers)):
+            params = (("normalize", o.normalize), ("dimensions", o.dimensions), ("layers", o.layers))
+            for key, value in (*params, ("truncate", o.truncate)):
                 if value is not None:
                     _param(req, key, value)
         return req
@@ -194,6 +195,8 @@ def plan(
     if options.layers is not None and not model.raw.get("supports_layers"):
         where = "a Triton ensemble" if not gateway else f"model {model.name!r}"
         raise BadRequestError(f"'layers' is not available on {where} (it needs the gateway and a per-layer export)")
+    if options.truncate is False and not gateway:  # Triton's preprocess model always truncates
+        raise BadRequestError("'truncate=False' needs the gateway: a Triton ensemble truncates over-long text itself")
     normalize = True if options.normalize is None else options.normalize
     options = replace(options, model=model.name, pooling=pooling, normalize=normalize)
     info = ServerInfo(models=(model,))

@@ -24,6 +24,7 @@ class EmbedMethods:
         normalize: bool | None = None,
         dimensions: int | None = None,
         layers: int | None = None,
+        truncate: bool | None = None,
     ) -> Embeddings:
         """Embed strings.
 
@@ -34,7 +35,9 @@ class EmbedMethods:
             BadRequestError: a non-string input or one the server rejects (with the server's message).
             AuthenticationError, OverloadedError, ServerError, D2VConnectionError: see :mod:`d2v_client.errors`.
         """
-        opts = dict(model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers)
+        opts = dict(
+            model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers, truncate=truncate
+        )
         return self.embed("text", texts, **opts)
 
     def embed_image(
@@ -46,6 +49,7 @@ class EmbedMethods:
         normalize: bool | None = None,
         dimensions: int | None = None,
         layers: int | None = None,
+        truncate: bool | None = None,
     ) -> Embeddings:
         """Embed images given as paths, encoded bytes, PIL images or ``HxWxC`` uint8 arrays (one or a list).
 
@@ -53,7 +57,9 @@ class EmbedMethods:
             BadRequestError: an unreadable path, an unsupported input, or one the server rejects.
             AuthenticationError, OverloadedError, ServerError, D2VConnectionError: see :mod:`d2v_client.errors`.
         """
-        opts = dict(model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers)
+        opts = dict(
+            model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers, truncate=truncate
+        )
         return self.embed("image", images, **opts)
 
     def embed_audio(
@@ -65,6 +71,7 @@ class EmbedMethods:
         normalize: bool | None = None,
         dimensions: int | None = None,
         layers: int | None = None,
+        truncate: bool | None = None,
     ) -> Embeddings:
         """Embed audio given as paths, encoded file bytes or ``(samples, sample_rate)`` pairs (one or a list).
 
@@ -72,7 +79,9 @@ class EmbedMethods:
             BadRequestError: an unreadable path, an unsupported input, or one the server rejects.
             AuthenticationError, OverloadedError, ServerError, D2VConnectionError: see :mod:`d2v_client.errors`.
         """
-        opts = dict(model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers)
+        opts = dict(
+            model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers, truncate=truncate
+        )
         return self.embed("audio", audio, **opts)
 
 
@@ -91,9 +100,12 @@ class AsyncEmbedMethods:
         normalize: bool | None = None,
         dimensions: int | None = None,
         layers: int | None = None,
+        truncate: bool | None = None,
     ) -> Embeddings:
         """Embed strings; see :meth:`d2v_client.Client.embed_text`."""
-        opts = dict(model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers)
+        opts = dict(
+            model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers, truncate=truncate
+        )
         return await self.embed("text", texts, **opts)
 
     async def embed_image(
@@ -105,9 +117,12 @@ class AsyncEmbedMethods:
         normalize: bool | None = None,
         dimensions: int | None = None,
         layers: int | None = None,
+        truncate: bool | None = None,
     ) -> Embeddings:
         """Embed images; see :meth:`d2v_client.Client.embed_image`."""
-        opts = dict(model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers)
+        opts = dict(
+            model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers, truncate=truncate
+        )
         return await self.embed("image", images, **opts)
 
     async def embed_audio(
@@ -119,7 +134,10 @@ class AsyncEmbedMethods:
         normalize: bool | None = None,
         dimensions: int | None = None,
         layers: int | None = None,
+        truncate: bool | None = None,
     ) -> Embeddings:
         """Embed audio; see :meth:`d2v_client.Client.embed_audio`."""
-        opts = dict(model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers)
+        opts = dict(
+            model=model, pooling=pooling, normalize=normalize, dimensions=dimensions, layers=layers, truncate=truncate
+        )
         return await self.embed("audio", audio, **opts)

@@ -111,11 +111,12 @@ class EmbedOptions:
     normalize: bool | None = None
     dimensions: int | None = None
     layers: int | None = None
+    truncate: bool | None = None  # text: False refuses over-long input (413) instead of truncating it
     encoding_format: EncodingFormat = "base64"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"encoding_format": self.encoding_format}
-        for key in ("model", "pooling", "normalize", "dimensions", "layers"):
+        for key in ("model", "pooling", "normalize", "dimensions", "layers", "truncate"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value

@@ -203,6 +203,21 @@ def test_typed_errors(gateway, testkit):
         client.embed_text(["x"])
 
 
+def test_truncate_option_over_http_and_grpc(gateway):
+    """``truncate=False`` refuses an over-long text with the server's 413 on both protocols; the default
+    truncates, and the same text then embeds identically over HTTP and gRPC."""
+    from d2v_client import Client
+
+    long_text = "many words " * 600  # far over the tiny model's token limit
+    with Client(gateway.http, api_key=KEY) as http, GrpcClient(gateway.grpc, api_key=KEY) as grpc_client:
+        for client in (http, grpc_client):
+            with pytest.raises(PayloadTooLargeError, match="tokens"):
+                client.embed_text([long_text], truncate=False)
+        np.testing.assert_allclose(
+            grpc_client.embed_text([long_text], truncate=True), http.embed_text([long_text]), atol=1e-6
+        )
+
+
 def test_default_targets_follow_the_environment(monkeypatch, gateway):
     monkeypatch.setenv("D2V_GRPC_URL", gateway.grpc)
     monkeypatch.setenv("D2V_SERVER_URL", gateway.http)

@@ -105,6 +105,8 @@ def test_grpc_client_on_triton_chunks_and_types_errors(triton_server):
             client.embed_text(["x"], model="no_such_model")
         with pytest.raises(BadRequestError, match="layers"):
             client.embed_text(["x"], layers=2)
+        with pytest.raises(BadRequestError, match="truncate"):
+            client.embed_text(["x"], truncate=False)
 
 
 def test_triton_queue_full_is_overload_not_outage():
