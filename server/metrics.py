@@ -34,6 +34,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.refused = Counter(
+            "d2v_admission_refused",
+            "requests refused (429) before decoding, by the bound they would have crossed",
+            ["model", "bound"],
+            registry=r,
+        )
         self.queue_depth = Gauge("d2v_queue_depth", "items waiting in the batcher", ["model"], registry=r)
         self.batch_size = Histogram(
             "d2v_batch_size", "items per engine batch", ["model"], buckets=BATCH_BUCKETS, registry=r

@@ -120,7 +120,12 @@ class ServedModel:
             max_items=settings.max_queue + self.batcher.window,
             max_bytes=settings.max_inflight_bytes,
         )
-        self.admission = Admission(self.name, limits, retry_after_s=settings.retry_after_s)
+        self.admission = Admission(
+            self.name,
+            limits,
+            retry_after_s=settings.retry_after_s,
+            on_refuse=lambda bound: metrics.refused.labels(self.name, bound).inc(),
+        )
         self.ready = False
         self.error: str | None = None  # why warm-up failed, for /readyz
 

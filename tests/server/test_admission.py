@@ -83,6 +83,10 @@ async def test_a_flood_of_large_images_is_refused_before_any_decoding(store):
         f"preprocessing {float(seconds.group(1)):.2f} s in all, 0 s on refused requests"
     )
     assert decoded == admitted  # the refused requests never reached the decoder
+    refused_metric = re.search(
+        r'^d2v_admission_refused_total\{bound="requests",model="tiny-image"\} (\S+)$', after, re.M
+    )
+    assert refused_metric and float(refused_metric.group(1)) == refused
     record_reliability(
         "Admission control under a flood of large images",
         tried="40 concurrent requests, each a 16-megapixel JPEG, at --max-concurrent-requests 2",
