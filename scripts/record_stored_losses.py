@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from d2v.runtime.selection import host_fingerprint
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_MODULE = REPO / "tests" / "training" / "test_stored_losses.py"
 
@@ -31,16 +33,6 @@ def load_test_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def code_commit() -> str:
@@ -66,7 +58,7 @@ def recorded_with() -> dict[str, str]:
         "numpy": numpy.__version__,
         "tokenizers": tokenizers.__version__,
         "python": platform.python_version(),
-        "cpu": cpu_model(),
+        "cpu": host_fingerprint()["cpu"],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "code_commit": code_commit(),
         "date": time.strftime("%Y-%m-%d"),
