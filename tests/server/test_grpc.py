@@ -481,3 +481,35 @@ def _dropped(gateway) -> float | None:
         if line.startswith('d2v_dropped_items_total{model="tiny-text"}'):
             return float(line.split()[-1])
     return None
+
+
+def _self_signed(tmp_path) -> tuple[bytes, object, object]:
+    """A certificate for 127.0.0.1 (openssl), as the PEM bytes a client trusts and the two server files."""
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert.read_bytes(), cert, key
+
+
+def test_tls_port_serves_tritonclient_and_the_sdk_and_refuses_plaintext(store, tmp_path):
+    from d2v_client import D2VClientError, GrpcClient
+
+    roots, cert, key = _self_signed(tmp_path)
+    port = free_port()
+    settings = _settings(store, port, grpc_tls_cert=cert, grpc_tls_key=key)
+    with live_server(create_app(settings)):
+        target = f"127.0.0.1:{port}"
+        client = grpcclient.InferenceServerClient(target, ssl=True, root_certificates=str(cert))
+        result = client.infer("tiny-text", [_input("text", [b"over tls"])], headers=AUTH)
+        assert result.as_numpy(MEAN_OUTPUT).shape == (1, 16)
+        client.close()
+        with GrpcClient(target, api_key=KEY, root_certificates=roots) as sdk:
+            assert sdk.embed_text(["over tls"]).shape == (1, 16)
+        with GrpcClient(target, api_key=KEY) as plain, pytest.raises(D2VClientError):  # no TLS: refused
+            plain.embed_text(["x"])
