@@ -31,6 +31,9 @@ SUITES = [
     "tests/server/test_triton_live.py::test_ensemble_applies_the_text_limits_of_encoder_mode",
     "tests/clients/test_extract.py::test_resume_after_sigkill_gives_every_id_exactly_once",
     "tests/clients/test_extract.py::test_resuming_with_other_settings_is_refused_unless_overwrite",
+    "tests/clients/test_extract.py::test_local_engine_survives_repeated_sigkills_at_partition_granularity",
+    "tests/clients/test_extract.py::test_ray_resume_after_sigkill_keeps_committed_partitions",
+    "tests/clients/test_extract_memory.py::test_driver_peak_rss_is_flat_in_the_corpus_size",
 ]
 LOG_ENV = "D2V_RELIABILITY_LOG"  # tests/testkit.py RELIABILITY_LOG_ENV
 

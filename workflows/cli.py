@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
+    from d2v.workflows import bench_extract  # argparse only at import, like this module
+
+    bench_extract.register(bench_subparsers)
     p = bench_subparsers.add_parser(
         "peers",
         help="HF transformers (fp32 eager, bf16 autocast) vs every engine/variant, auto and the gateway",

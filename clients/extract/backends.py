@@ -22,8 +22,11 @@ from d2v.core.contract import TOKEN_MASK_OUTPUT, TOKENS_OUTPUT, feeds, output_fo
 from d2v.core.errors import ConfigError, D2VError, NotFound
 from d2v.core.files import sha256_file
 
+from .fs import read_bytes
 from .inputs import Item
 from .shards import Row
+
+DECODE_ERRORS = (D2VError, OSError, UnicodeDecodeError, ValueError)  # one input's failure, never the batch's
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,8 @@ def read_raw(item: Item) -> Any:
     """
     if item.text is not None:
         return item.text
-    if item.modality == "text":
-        return Path(item.path).read_text(encoding="utf-8")
-    return Path(item.path).read_bytes()
+    data = read_bytes(item.path)  # a local path or any filesystem's URI (d2v.extract.fs)
+    return data.decode("utf-8") if item.modality == "text" else data
 
 
 def per_item_fallback(items: list[Item], run: Callable[[list[Item]], list[Row]], reason: str) -> list[Row]:
@@ -126,30 +128,43 @@ class LocalModel:
                 return engine, loop
         return self._free.get()
 
+    def decode(self, item: Item) -> Any:
+        """One item read and preprocessed (the CPU part; Ray runs it in tasks apart from the engine actors).
+
+        Raises:
+            D2VError, OSError, UnicodeDecodeError, ValueError: the input is unusable (``DECODE_ERRORS``).
+        """
+        return self.preprocessor.load_item(read_raw(item))
+
     def embed(self, items: list[Item]) -> list[Row]:
         """Rows for ``items`` (errors captured per item)."""
         rows: dict[int, Row] = {}
         decoded, good = [], []
         for i, item in enumerate(items):
             try:
-                decoded.append(self.preprocessor.load_item(read_raw(item)))
+                decoded.append(self.decode(item))
                 good.append(i)
-            except (D2VError, OSError, UnicodeDecodeError, ValueError) as exc:
+            except DECODE_ERRORS as exc:
                 rows[i] = self._row(item, error=_reason(exc))
         if good:
-            pooled = output_for(self.pooling)
-            wanted = [pooled, TOKEN_MASK_OUTPUT] + ([TOKENS_OUTPUT] if self.options.tokens else [])
-            try:
-                out = self._run(self.preprocessor.collate(decoded), wanted)
-            except D2VError as exc:
-                sub = per_item_fallback([items[i] for i in good], self.embed, _reason(exc))
-                for i, row in zip(good, sub, strict=True):
-                    rows[i] = row if row.model else self._row(items[i], error=row.error)
-            else:
-                tokens = real_tokens(out[TOKENS_OUTPUT], out[TOKEN_MASK_OUTPUT]) if self.options.tokens else None
-                for k, i in enumerate(good):
-                    rows[i] = self._row(items[i], vector=out[pooled][k], tokens=tokens[k] if tokens else None)
+            for i, row in zip(good, self.embed_decoded([items[i] for i in good], decoded), strict=True):
+                rows[i] = row
         return [rows[i] for i in range(len(items))]
+
+    def embed_decoded(self, items: list[Item], decoded: list[Any]) -> list[Row]:
+        """Rows for already decoded items; a batch the engine rejects is retried item by item."""
+        pooled = output_for(self.pooling)
+        wanted = [pooled, TOKEN_MASK_OUTPUT] + ([TOKENS_OUTPUT] if self.options.tokens else [])
+        try:
+            out = self._run(self.preprocessor.collate(decoded), wanted)
+        except D2VError as exc:
+            if len(items) == 1:
+                return [self._row(items[0], error=_reason(exc))]
+            return [row for item, dec in zip(items, decoded, strict=True) for row in self.embed_decoded([item], [dec])]
+        tokens = real_tokens(out[TOKENS_OUTPUT], out[TOKEN_MASK_OUTPUT]) if self.options.tokens else None
+        return [
+            self._row(item, vector=out[pooled][k], tokens=tokens[k] if tokens else None) for k, item in enumerate(items)
+        ]
 
     def _run(self, inputs: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
         engine, loop = self._acquire()

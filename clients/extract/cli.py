@@ -83,14 +83,30 @@ def _register_extract(subparsers: Any) -> None:
     p.add_argument("--no-normalize", dest="normalize", action="store_false", default=True, help="skip L2 norm")
     p.add_argument("--dimensions", type=int, help="truncate to this many dimensions, then re-normalise")
     p.add_argument("--batch-size", type=int, default=32, help="items per engine call")
-    p.add_argument("--shard-size", type=int, default=1024, help="rows per Parquet shard (the resume unit)")
-    p.add_argument("--workers", type=int, default=0, help="parallel engine workers (0 = auto)")
     p.add_argument(
-        "--ray-chunk-shards",
+        "--partition-size",
+        "--shard-size",
+        dest="partition_size",
         type=int,
-        default=8,
-        help="--engine ray: shards' worth of inputs per Ray Data pipeline; each chunk is committed before the next",
+        default=1024,
+        help="input rows per partition: the unit of work, of commit (one Parquet shard per model) and of resume",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="engine workers (0 = auto): threads in process, requests in flight (server), actors (ray)",
+    )
+    p.add_argument(
+        "--ray-window",
+        "--ray-chunk-shards",
+        dest="ray_window",
+        type=int,
+        default=0,
+        help="--engine ray: partitions per Ray Data pipeline, committed as it ends (0 = 8 per actor)",
+    )
+    p.add_argument("--num-cpus", type=float, default=1.0, help="--engine ray: CPUs per engine actor")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="--engine ray: GPUs per engine actor")
     p.add_argument("--format", choices=["parquet", "npy"], default="parquet", help="npy: also write <model>.npy")
     p.add_argument("--no-plot", dest="plot", action="store_false", default=True, help="skip the PCA PNG")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)

@@ -1,9 +1,11 @@
-"""What to embed: a directory, a JSONL/CSV/Parquet manifest or stdin lines, as a list of :class:`Item`.
+"""What to embed, read lazily: a directory, a JSONL/CSV/Parquet manifest or stdin lines, one row at a time.
 
-Directory: every file whose suffix names a modality; the id is the path relative to the directory and the
-label is its first folder. Manifest rows: ``id`` plus ``path`` (relative to the manifest) or ``text``, and
-optional ``label`` / ``modality``. Stdin: one input per line (text, or a path with ``--modality``), id =
-line number. Rows that cannot become an item are returned as :class:`BadRow` with the reason.
+Directory (any filesystem, ``fs``): every file whose suffix names a modality, walked in sorted order one
+folder at a time; the id is the path relative to the directory and the label is its first folder. Manifest
+rows: ``id`` plus ``path`` (relative to the manifest, absolute, or a URI) or ``text``, and optional
+``label`` / ``modality``; JSONL and CSV are read line by line, Parquet by record batches. Stdin: one input
+per line (text, or a path with ``--modality``), id = line number. Nothing here holds more than one row (or
+one Parquet batch) at a time: ``plan`` cuts the stream into partitions.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
-from collections.abc import Iterable
+import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import pyarrow.fs as pafs
+
 from d2v.core.errors import ConfigError, NotFound
+
+from .fs import Location, list_dir, locate, resolve_input
 
 SUFFIXES = {
     "image": {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"},
@@ -25,11 +31,13 @@ SUFFIXES = {
     "text": {".txt", ".md", ".rst"},
 }
 MANIFEST_SUFFIXES = {".jsonl", ".ndjson", ".csv", ".parquet"}
+_PARQUET_BATCH = 8192  # manifest rows decoded at a time
+_COLUMNS = ("id", "path", "text", "label", "modality")
 
 
 @dataclass(frozen=True)
 class Item:
-    """One input. Exactly one of ``path`` and ``text`` is set (a text file has a ``path``)."""
+    """One input. Exactly one of ``path`` and ``text`` is set (a text file has a ``path``: a path or URI)."""
 
     id: str
     modality: str
@@ -48,92 +56,136 @@ class BadRow:
 
 
 def modality_of(path: str | Path) -> str | None:
-    suffix = Path(path).suffix.lower()
+    suffix = posixpath.splitext(str(path))[1].lower()
     return next((m for m, s in SUFFIXES.items() if suffix in s), None)
 
 
-def read_inputs(
-    source: str, modality: str | None = None, stdin: TextIO | None = None
-) -> tuple[list[Item], list[BadRow]]:
-    """The items of a directory, a manifest file or ``-`` (stdin).
-
-    Raises:
-        NotFound: ``source`` does not exist.
-        ConfigError: an unsupported manifest type, or a directory with no embeddable file.
-    """
-    if source == "-":
-        return _from_lines(stdin or sys.stdin, modality)
-    path = Path(source)
-    if path.is_dir():
-        return _from_directory(path, modality), []
-    if not path.is_file():
-        raise NotFound(f"input {source!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix not in MANIFEST_SUFFIXES:
-        raise ConfigError(f"{source}: a manifest must be .jsonl, .csv or .parquet (got {suffix or 'no suffix'})")
-    return _from_rows(_manifest_rows(path), path.parent, modality, path.name)
-
-
-def _from_directory(root: Path, modality: str | None) -> list[Item]:
-    items = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root)
-        kind = modality_of(path)
-        if kind is None or (modality and kind != modality) or any(part.startswith(".") for part in rel.parts):
-            continue
-        label = rel.parts[0] if len(rel.parts) > 1 else None
-        items.append(Item(rel.as_posix(), kind, path=str(path), label=label))
-    if not items:
-        raise ConfigError(f"no {modality or 'embeddable'} files under {root} (suffixes: {sorted(_all_suffixes())})")
-    return items
-
-
-def _all_suffixes() -> set[str]:
+def all_suffixes() -> set[str]:
     return set().union(*SUFFIXES.values())
 
 
-def _manifest_rows(path: Path) -> Iterable[tuple[int, Any]]:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+@dataclass(frozen=True)
+class Source:
+    """An input source: ``kind`` is ``directory``, ``jsonl``, ``csv``, ``parquet`` or ``stdin``."""
 
-        yield from enumerate(pq.read_table(path).to_pylist(), start=1)
-    elif suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            yield from enumerate(csv.DictReader(f), start=2)  # line numbers: the header is line 1
+    uri: str
+    kind: str
+    location: Location | None = None  # None for stdin
+    modality: str | None = None  # --modality: a filter for directories, the default for manifest rows
+
+    @property
+    def name(self) -> str:
+        return "stdin" if self.location is None else posixpath.basename(self.location.path.rstrip("/"))
+
+
+def open_source(uri: str, modality: str | None = None) -> Source:
+    """Classify ``uri`` (``-`` is stdin) without reading it.
+
+    Raises:
+        NotFound: ``uri`` does not exist.
+        ConfigError: an unsupported manifest type, or an unknown URI scheme.
+    """
+    if uri == "-":
+        return Source(uri, "stdin", None, modality)
+    loc = locate(uri)
+    info = loc.info()
+    if info.type == pafs.FileType.Directory:
+        return Source(uri, "directory", loc, modality)
+    if info.type == pafs.FileType.NotFound:
+        raise NotFound(f"input {uri!r} does not exist")
+    suffix = posixpath.splitext(loc.path)[1].lower()
+    if suffix not in MANIFEST_SUFFIXES:
+        raise ConfigError(f"{uri}: a manifest must be .jsonl, .csv or .parquet (got {suffix or 'no suffix'})")
+    return Source(uri, {".ndjson": "jsonl"}.get(suffix, suffix[1:]), loc, modality)
+
+
+def raw_rows(source: Source, stdin: TextIO | None = None) -> Iterator[tuple[str, Any]]:
+    """``(where, row)`` in input order: ``where`` names the row (``name:line``), ``row`` is a dict or the
+    reason it is unusable. Directory files come as ready dicts (``id``, ``path``, ``modality``, ``label``)."""
+    if source.kind == "directory":
+        yield from _directory_rows(source)
+    elif source.kind == "stdin":
+        import sys
+
+        key = "text" if source.modality in (None, "text") else "path"
+        for n, line in enumerate(stdin or sys.stdin, start=1):
+            line = line.rstrip("\n")
+            if line.strip():
+                yield f"stdin:{n}", {"id": str(n), key: line}
+    elif source.kind == "parquet":
+        yield from _parquet_rows(source)
     else:
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield n, f"invalid JSON: {exc.msg}"
+        with _open_text(source.location) as f:
+            if source.kind == "csv":
+                # line numbers: the header is line 1 (a quoted newline inside a row shifts them, as in any reader)
+                for n, row in enumerate(csv.DictReader(f), start=2):
+                    yield f"{source.name}:{n}", row
+            else:
+                for n, line in enumerate(f, start=1):
+                    if line.strip():
+                        yield f"{source.name}:{n}", _json_row(line)
 
 
-def _from_rows(
-    rows: Iterable[tuple[int, Any]], base: Path, modality: str | None, name: str
-) -> tuple[list[Item], list[BadRow]]:
-    items: list[Item] = []
-    bad: list[BadRow] = []
-    seen: set[str] = set()
-    for n, row in rows:
-        where = f"{name}:{n}"
-        item_or_reason = _row_item(row, base, modality)
-        if isinstance(item_or_reason, str):
-            row_id = str(row.get("id")) if isinstance(row, dict) and row.get("id") not in (None, "") else where
-            bad.append(BadRow(row_id, item_or_reason, where))
-        elif item_or_reason.id in seen:
-            bad.append(BadRow(item_or_reason.id, "duplicate id (the first row with it is used)", where))
-        else:
-            seen.add(item_or_reason.id)
-            items.append(item_or_reason)
-    return items, bad
+def _json_row(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON: {exc.msg}"
 
 
-def _row_item(row: Any, base: Path, modality: str | None) -> Item | str:
-    """An item, or the reason the row is unusable."""
+def _open_text(loc: Location) -> TextIO:
+    if loc.local:
+        return open(loc.path, newline="", encoding="utf-8")
+    return io.TextIOWrapper(loc.fs.open_input_stream(loc.path), encoding="utf-8", newline="")
+
+
+def _parquet_rows(source: Source) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    loc = source.location
+    with loc.fs.open_input_file(loc.path) as f:
+        pf = pq.ParquetFile(f)
+        columns = [c for c in _COLUMNS if c in pf.schema_arrow.names]
+        n = 0
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=columns):
+            for row in batch.to_pylist():
+                n += 1
+                yield f"{source.name}:{n}", row
+
+
+def _directory_rows(source: Source) -> Iterator[tuple[str, Any]]:
+    root = source.location
+    prefix = len(root.path.rstrip("/")) + 1
+    found = False
+    for info in _walk(root):
+        kind = modality_of(info.path)
+        if kind is None or (source.modality and kind != source.modality):
+            continue
+        rel = info.path[prefix:]
+        parts = rel.split("/")
+        found = True
+        path = info.path if root.local else f"{source.uri.rstrip('/')}/{rel}"
+        yield rel, {"id": rel, "path": path, "modality": kind, "label": parts[0] if len(parts) > 1 else None}
+    if not found:
+        raise ConfigError(
+            f"no {source.modality or 'embeddable'} files under {source.uri} (suffixes: {sorted(all_suffixes())})"
+        )
+
+
+def _walk(loc: Location) -> Iterator[pafs.FileInfo]:
+    """Files under ``loc`` depth first, each folder's entries sorted by name; hidden entries skipped.
+    One folder's listing is held at a time (plus the open folders above it)."""
+    for info in list_dir(loc):
+        if info.base_name.startswith("."):
+            continue
+        if info.type == pafs.FileType.Directory:
+            yield from _walk(Location(loc.fs, info.path, loc.uri))
+        elif info.type == pafs.FileType.File:
+            yield info
+
+
+def row_item(row: Any, base: str, modality: str | None) -> Item | str:
+    """An item from one manifest row, or the reason the row is unusable (``base``: the manifest's folder)."""
     if isinstance(row, str):
         return row
     if not isinstance(row, dict):
@@ -150,20 +202,45 @@ def _row_item(row: Any, base: Path, modality: str | None) -> Item | str:
         if kind not in (None, "text"):
             return f"a 'text' row cannot have modality {kind!r}"
         return Item(str(row_id), "text", text=str(text), label=label)
-    full = Path(str(path))
-    full = full if full.is_absolute() else base / full
+    full = resolve_input(str(path), base)
     kind = kind or modality_of(full)
     if kind not in SUFFIXES:
         return f"cannot infer the modality of {path!r}: give a 'modality' column or --modality"
-    return Item(str(row_id), kind, path=str(full), label=label)
+    return Item(str(row_id), kind, path=full, label=label)
 
 
-def _from_lines(stream: TextIO | io.TextIOBase, modality: str | None) -> tuple[list[Item], list[BadRow]]:
-    rows = []
-    for n, line in enumerate(stream, start=1):
-        line = line.rstrip("\n")
-        if not line.strip():
-            continue
-        key = "text" if modality in (None, "text") else "path"
-        rows.append((n, {"id": str(n), key: line}))
-    return _from_rows(rows, Path.cwd(), modality, "stdin")
+def source_base(source: Source) -> str:
+    """What a manifest's relative ``path`` values are relative to: its folder (stdin: the working directory)."""
+    if source.location is None:
+        return str(Path.cwd())
+    if source.kind == "directory":
+        return source.uri
+    if source.location.local:
+        return str(Path(source.location.path).parent)
+    return source.uri.rsplit("/", 1)[0]
+
+
+def count_rows(source: Source) -> int | None:
+    """How many rows ``raw_rows`` will yield, cheaply (for the progress bar's total and ETA), or ``None``.
+
+    Parquet: from the footer. JSONL/CSV: newlines counted in 1 MiB blocks (an upper bound: blank lines count).
+    Directory: a listing-only walk. Stdin: unknown.
+    """
+    if source.kind == "stdin":
+        return None
+    loc = source.location
+    if source.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        with loc.fs.open_input_file(loc.path) as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    if source.kind == "directory":
+        wanted = {source.modality} if source.modality else set(SUFFIXES)
+        return sum(1 for info in _walk(loc) if modality_of(info.path) in wanted)
+    lines, last = 0, b"\n"
+    with loc.fs.open_input_stream(loc.path) as f:
+        while block := f.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"  # a last line without its newline
+    return max(0, lines - (source.kind == "csv"))

@@ -1,66 +1,43 @@
-"""``--engine ray``: Ray Data ``from_items -> map_batches`` (an actor pool, each actor holding an ONNX
-Runtime session) ``-> write_parquet``, one pipeline per chunk of ``--ray-chunk-shards`` shards' worth of
-pending inputs; each chunk's files are committed as shards (through ``ShardStore``) before the next chunk runs.
+"""``--engine ray``: Ray Data over the partition plan, in windows of ``--ray-window`` pending partitions.
 
-Runs on a laptop (``ray.init()`` starts a local cluster) and on a cluster (``RAY_ADDRESS``; the output
-directory must then be on storage every node can write). A run killed mid-chunk leaves that chunk's staging
-folder, which the next run deletes: only the unfinished chunk is redone, never a committed shard. Ray is an
-optional extra and is imported only here.
+Each window is one pipeline::
+
+    read_binary_files(the window's files, filesystem)      # a directory (images, audio, text files)
+      | from_items(the window's manifest rows)              # a manifest (rows are ids + texts or paths)
+    -> map_batches(preprocess)                              # CPU tasks: read + the model's preprocessor
+    -> map_batches(EmbedActor, concurrency=--workers,       # an actor pool holding the runtime engines
+                   num_cpus=--num-cpus, num_gpus=--num-gpus)
+    -> groupby(partition).map_groups(write_group)           # per-partition Parquet + error file, written by
+                                                            #   workers through the output's filesystem
+and the driver records one ledger line per partition as the entries come back. The driver holds the window's
+plan (at most ``--ray-window`` partitions of rows) and the entries: no vectors, whatever the corpus size.
+
+Runs on a laptop (``ray.init()`` starts a local cluster bound to 127.0.0.1) and on a cluster (``RAY_ADDRESS``;
+inputs and ``OUT`` must then be reachable from every node: shared storage or an object store URI). A run
+killed mid-window leaves that window's partitions without ledger lines: they run again on the next start,
+rewriting the same files; committed partitions are never recomputed. The actor pool lives as long as its
+window's pipeline, so a window should hold thousands of items (the default: 8 partitions per actor).
+Ray is an optional extra and is imported only here.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
-import sys
-import uuid
-from collections import defaultdict
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from d2v.core.errors import NotFound
+from d2v.core.errors import ConfigError, NotFound
 
 from .backends import LocalModel, ModelRef, Options, output_settings, resolve_models
-from .inputs import Item
-from .shards import ShardStore, rows_to_table
-
-_EXTRA_COLUMNS = ("error", "source")
-
-
-class EmbedActor:
-    """A Ray Data callable class: one ONNX Runtime session per actor, kept across batches."""
-
-    def __init__(self, manifest: dict[str, Any], model_dir: str, options: Options) -> None:
-        from d2v.core.manifest import ModelManifest
-
-        self.model = LocalModel(ModelManifest.from_dict(manifest), Path(model_dir), options, workers=1)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        items = [Item(**row) for row in batch.to_pylist()]
-        rows = self.model.embed(items)
-        good = [r for r in rows if r.error is None]
-        table = rows_to_table(good, self.model.ref.dims)
-        bad = [r for r in rows if r.error is not None]
-        # One table per batch: good rows first, then the failures with a zero vector and their reason.
-        errors = pa.array([None] * len(good) + [r.error for r in bad], pa.string())
-        sources = pa.array([r.source for r in good] + [r.source for r in bad], pa.string())
-        if bad:
-            table = pa.concat_tables([table, _error_rows(bad, self.model.ref, table.schema)])
-        return table.append_column("error", errors).append_column("source", sources)
-
-
-def _error_rows(bad: list[Any], ref: ModelRef, schema: pa.Schema) -> pa.Table:
-    import numpy as np
-
-    for r in bad:
-        r.vector = np.zeros(ref.dims, dtype=np.float32)
-        r.tokens = np.zeros((0, ref.dims), dtype=np.float32) if "tokens" in schema.names else None
-    return rows_to_table(bad, ref.dims).cast(schema)
+from .fs import locate
+from .plan import Partition, Plan
+from .progress import Progress
+from .ray_stages import EmbedActor, ModelSpecs, items_from_files, preprocess, write_group
+from .shards import ShardStore
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -75,94 +52,149 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
 
 
+def check_resources(workers: int, cpus_per_actor: float) -> None:
+    """The actors must leave CPUs to the read, preprocessing and write tasks, or the pipeline never ends.
+    Checked on a local Ray only: an autoscaling cluster (``RAY_ADDRESS``) may not show its CPUs yet.
+
+    Raises:
+        ConfigError: ``workers * cpus_per_actor`` is the whole local cluster's CPUs or more.
+    """
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    if workers * cpus_per_actor >= total:
+        raise ConfigError(
+            f"--workers {workers} x --num-cpus {cpus_per_actor:g} takes all {total:g} CPUs of the Ray cluster and "
+            "leaves none for reading, preprocessing and writing: lower --workers or --num-cpus (fractions work)"
+        )
+
+
+def windows(partitions: Iterator[Partition], size: int) -> Iterator[list[Partition]]:
+    while window := list(islice(partitions, size)):
+        yield window
+
+
+class _Models:
+    """The store's models, resolved once; ``bind`` checks each new modality against ``settings.json``."""
+
+    def __init__(self, store: ShardStore, plan: Plan, model_store: Path, names: list[str], options: Options):
+        self.store, self.plan, self.model_store, self.options = store, plan, model_store, options
+        self.found = resolve_models(model_store, names)
+        self.refs: dict[str, ModelRef] = {}
+
+    def bind(self, modalities: set[str]) -> None:
+        new = {}
+        for modality in sorted(modalities - self.refs.keys()):
+            if modality not in self.found:
+                raise NotFound(f"no {modality} model in {self.model_store}: pass --model NAME_OR_DIR")
+            manifest, model_dir = self.found[modality]
+            new[modality] = LocalModel(manifest, model_dir, self.options, workers=1).ref
+        if new:
+            self.store.bind_settings(self.plan.settings(output_settings(new, self.options)))
+            self.refs.update(new)
+
+    def specs(self) -> ModelSpecs:
+        return {m: (self.found[m][0].to_dict(), str(self.found[m][1])) for m in self.refs}
+
+
 def run_ray(
     store: ShardStore,
-    modalities: list[str],
-    pending: list[Item],
+    plan: Plan,
     args: argparse.Namespace,
     model_store: Path,
     options: Options,
     workers: int,
-) -> dict[str, ModelRef]:
-    """Embed ``pending`` on Ray and commit the results; return the model used per modality.
+    progress: Progress,
+) -> tuple[dict[str, ModelRef], float | None]:
+    """Embed the plan's pending partitions on Ray and commit them; return the models and the largest engine
+    actor's peak RSS (MB; ``None`` when nothing ran).
 
     Raises:
-        NotFound, ConfigError: no model for a modality of the inputs.
+        NotFound, ConfigError: no model for a modality of the inputs, other settings than the output's.
     """
+    models = _Models(store, plan, model_store, args.model, options)
+    models.bind(set(store.recorded_models()))
+    store.bind_settings(plan.settings(output_settings({}, options)))
+    worker_rss: float | None = None
+    size = args.ray_window or 8 * workers
+    for window in windows(plan.partitions(skip=store.state.has), size):
+        models.bind({it.modality for part in window for it in part.items})
+        meta = {p.index: {"items": p.size, "first": p.first, "last": p.last} for p in window}
+        init_ray()
+        check_resources(workers, args.num_cpus)
+        for entry in _run_window(window, plan, models, args, workers):
+            worker_rss = max(worker_rss or 0.0, entry.pop("worker_peak_rss_mb"))
+            store.record({**entry, **meta[entry["partition"]]})
+            progress.items(meta[entry["partition"]]["items"])
+            progress.partition()
+    return models.refs, worker_rss
+
+
+def _run_window(
+    window: list[Partition], plan: Plan, models: _Models, args: argparse.Namespace, workers: int
+) -> Iterator[dict[str, Any]]:
+    """One Ray Data pipeline over ``window``; yields the ledger entries its writers return."""
+    specs, options = models.specs(), models.options
+    ds = _source(window, plan)
+    ds = ds.map_batches(
+        preprocess, fn_kwargs={"specs": specs, "options": options}, batch_size=args.batch_size, batch_format="pyarrow"
+    )
+    ds = ds.map_batches(
+        EmbedActor,
+        fn_constructor_kwargs={"specs": specs, "options": options},
+        batch_size=args.batch_size,
+        batch_format="pyarrow",
+        concurrency=workers,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus or None,
+    )
+    dims = {ref.name: ref.dims for ref in models.refs.values()}
+    ds = ds.groupby("partition", num_partitions=max(1, min(len(window), 2 * workers))).map_groups(
+        write_group, fn_kwargs={"root": _output_uri(models.store), "dims": dims}, batch_format="pyarrow"
+    )
+    for row in ds.iter_rows():
+        yield json.loads(row["entry"])
+
+
+def _output_uri(store: ShardStore) -> str:
+    """The output as workers must name it: a local output by its absolute path."""
+    return store.root.path if store.root.local else store.uri
+
+
+def _source(window: list[Partition], plan: Plan) -> Any:
+    """The window's rows as a dataset: a directory's files read by ``read_binary_files`` on the workers;
+    a manifest's rows (ids + texts or paths, and its unusable rows) as items."""
     import ray
 
-    found = resolve_models(model_store, args.model)
-    refs: dict[str, ModelRef] = {}
-    for modality in modalities:
-        if modality not in found:
-            raise NotFound(f"no {modality} model in {model_store}: pass --model NAME_OR_DIR")
-        manifest, model_dir = found[modality]
-        refs[modality] = LocalModel(manifest, model_dir, options, workers=1).ref
-    store.bind_settings(output_settings(refs, options))
-    if not pending:
-        return refs
-    init_ray()
-    chunk_size = max(1, args.ray_chunk_shards) * args.shard_size
-    by_modality: dict[str, list[Item]] = defaultdict(list)
-    for item in pending:
-        by_modality[item.modality].append(item)
-    for modality in sorted(by_modality):
-        manifest, model_dir = found[modality]
-        group = by_modality[modality]
-        for start in range(0, len(group), chunk_size):
-            rows = [_item_dict(it) for it in group[start : start + chunk_size]]
-            staging = store.staging / f"{modality}-{uuid.uuid4().hex[:8]}"
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * workers)))
-            ds = ds.map_batches(
-                EmbedActor,
-                fn_constructor_kwargs={"manifest": manifest.to_dict(), "model_dir": str(model_dir), "options": options},
-                batch_size=args.batch_size,
-                batch_format="pyarrow",
-                concurrency=workers,
-                num_cpus=1,
-            )
-            ds.write_parquet(str(staging))
-            _commit_chunk(store, refs[modality], staging, args.shard_size)
-            print(
-                f"d2v extract (ray): {modality} {start + len(rows)}/{len(group)} committed",
-                file=sys.stderr,
-                flush=True,
-            )
-    shutil.rmtree(store.staging, ignore_errors=True)
-    return refs
+    if plan.source.kind == "directory":
+        loc = plan.source.location
+        index = {}
+        for part in window:
+            for it in part.items:
+                path = locate(it.path).path
+                index[path] = [part.index, it.id, it.modality, it.label, it.path]
+        ds = ray.data.read_binary_files(list(index), include_paths=True, filesystem=loc.fs)
+        return ds.map_batches(items_from_files, fn_kwargs={"index": index}, batch_format="pyarrow")
+    rows = []
+    for part in window:
+        for it in part.items:
+            rows.append(_row(part.index, it.id, it.modality, it.label, it.path, it.text, None))
+        for bad in part.bad_rows:
+            rows.append(_row(part.index, bad.id, "", None, bad.source, None, bad.reason, bad_row=True))
+    return ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 256 + 1, 64)))
 
 
-def _commit_chunk(store: ShardStore, ref: ModelRef, staging: Path, shard_size: int) -> None:
-    """Commit one chunk's staged files as ``shard_size``-row shards, then delete the staging folder.
-
-    Killed half-way, the shards already committed stay done and the rest of the chunk is redone next run.
-    """
-    files = sorted(staging.glob("*.parquet"))
-    tables = [pq.read_table(path) for path in files]
-    tables = [t for t in tables if t.num_rows]
-    if tables:
-        table = pa.concat_tables(tables, promote_options="default")  # a batch may lack ``tokens``
-        for begin in range(0, table.num_rows, shard_size):
-            _commit_part(store, ref, table.slice(begin, shard_size))
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def _commit_part(store: ShardStore, ref: ModelRef, part: pa.Table) -> None:
-    failed = pc.invert(pc.is_null(part.column("error")))
-    good = part.filter(pc.invert(failed)).drop_columns(list(_EXTRA_COLUMNS))
-    bad = part.filter(failed).to_pylist()
-    errors = [
-        {
-            "id": r["id"],
-            "modality": r["modality"],
-            "model": ref.name,
-            "reason": r["error"],
-            **({"source": r["source"]} if r["source"] else {}),
-        }
-        for r in bad
-    ]
-    store.commit_table(ref.name, good, errors)
-
-
-def _item_dict(item: Item) -> dict[str, Any]:
-    return {"id": item.id, "modality": item.modality, "path": item.path, "text": item.text, "label": item.label}
+def _row(partition: int, id_: str, modality: str, label: Any, source: Any, text: Any, error: Any, bad_row=False):
+    return {
+        "partition": partition,
+        "id": id_,
+        "modality": modality,
+        "label": label,
+        "source": source,
+        "raw": None,
+        "text": text,
+        "error": error,
+        "bad_row": bad_row,
+    }

@@ -1,19 +1,21 @@
-"""Atomic, resumable output: Parquet shards plus per-shard error files and a ledger.
+"""Atomic, resumable output: one Parquet shard per (partition, model), per-partition error files, a ledger.
 
-Layout of ``OUT_DIR``::
+Layout of ``OUT`` (a path or a URI, see ``fs``)::
 
-    embeddings/<model>/part-000000.parquet   # id, modality, model, label, dims, embedding (fixed_size_list<f32>)
-    errors/part-000000.jsonl                 # the failed items of that shard: {"id", "reason", ...}
-    errors/inputs.jsonl                      # unusable manifest rows (rewritten on every run)
-    ledger.jsonl                             # one line per committed shard (seq, rows, errors, time)
-    settings.json                            # what the vectors were made with (models + sha256, options)
+    embeddings/<model>/part-000007.parquet   # partition 7's rows of that model: id, modality, model, label,
+                                             #   dims, embedding (fixed_size_list<f32>), [tokens]
+    errors/part-000007.jsonl                 # partition 7's failed items and unusable rows {"id", "reason", ...}
+    ledger.jsonl                             # one line per committed partition (object stores: ledger/*.json)
+    settings.json                            # what the vectors are made with (models + sha256, options, plan)
 
-A shard is committed by writing its error file and then its Parquet file under temporary names and
-renaming them into place (rename is atomic), the Parquet rename last: it is the commit point. On start,
-temporary files and error files without their Parquet are deleted, and the ids in committed shards are
-"done". So a run killed at any instant and re-run ends with every input id exactly once. A re-run must
-make the same vectors: ``bind_settings`` refuses to resume an output made with another model, pooling,
-normalisation, dimensions or token setting (``--overwrite`` starts the output anew instead).
+A partition's files have fixed names and are written first (locally: temporary file, fsync, rename); its
+ledger line is written after them and is the commit point. Resume reads only the ledger: which partitions
+are committed (a bitmap) and their counts, never the ids. Files no ledger line names are leftovers of a
+killed run: removed on start where listing is cheap (local disks), ignored elsewhere, and in both cases
+rewritten with the same content when their partition runs again. So a run killed at any instant and re-run
+ends with every input id exactly once. A re-run must make the same vectors: ``bind_settings`` refuses to
+resume an output made with another model, pooling, normalisation, dimensions, token setting or partition
+plan (``--overwrite`` starts the output anew instead).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,11 @@ import pyarrow.parquet as pq
 
 from d2v.core.errors import ConfigError
 
-_PART = re.compile(r"part-(\d{6})\.(parquet|jsonl)$")
+from .fs import Location, list_dir, locate, write_atomic
+
+_PART = re.compile(r"part-(\d+)\.(parquet|jsonl|json)$")
+LEDGER_FILE = "ledger.jsonl"  # local output: one appended line per partition
+LEDGER_DIR = "ledger"  # object-store output (no append): one object per partition
 
 
 @dataclass
@@ -53,59 +59,137 @@ class Row:
 
 @dataclass
 class ResumeState:
-    done: set[str] = field(default_factory=set)
+    """What the ledger says: committed partitions (a bitmap) and the totals over them."""
+
+    committed: bytearray = field(default_factory=bytearray)
+    partitions: int = 0
     ok: int = 0
-    errors: int = 0
-    next_seq: int = 0
+    errors: int = 0  # items that failed (decode, engine)
+    bad_rows: int = 0  # rows that were never items
+
+    def has(self, index: int) -> bool:
+        return index < len(self.committed) and bool(self.committed[index])
+
+    def add(self, entry: dict[str, Any]) -> None:
+        index = entry["partition"]
+        if self.has(index):
+            return
+        if index >= len(self.committed):
+            self.committed.extend(bytes(max(index + 1 - len(self.committed), len(self.committed))))
+        self.committed[index] = 1
+        self.partitions += 1
+        self.ok += sum(entry["rows"].values())
+        self.errors += entry["errors"]
+        self.bad_rows += entry["bad_rows"]
+
+    @property
+    def items(self) -> int:
+        return self.ok + self.errors + self.bad_rows
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+def shard_name(index: int) -> str:
+    return f"part-{index:06d}"
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "model"
+
+
+def write_partition(root_uri: str, index: int, tables: dict[str, pa.Table], errors: list[dict[str, Any]]) -> dict:
+    """Write partition ``index``'s shards (model -> table) and error file; return its ledger entry.
+
+    Runs wherever the partition was embedded (the driver, or a Ray worker): nothing is committed until the
+    entry is recorded (``ShardStore.record``).
+    """
+    root = locate(root_uri)
+    entry: dict[str, Any] = {"partition": index, "rows": {}, "shards": [], "error_file": None}
+    if errors:
+        rel = f"errors/{shard_name(index)}.jsonl"
+        write_atomic(root.child(rel), _jsonl(errors))
+        entry["error_file"] = rel
+    for model, table in sorted(tables.items()):
+        if table.num_rows == 0:
+            continue
+        rel = f"embeddings/{safe_name(model)}/{shard_name(index)}.parquet"
+        write_atomic(root.child(rel), lambda out, t=table: pq.write_table(t, out))
+        entry["rows"][model] = table.num_rows
+        entry["shards"].append(rel)
+    entry["errors"] = sum(1 for e in errors if not e.get("bad_row"))
+    entry["bad_rows"] = len(errors) - entry["errors"]
+    return entry
 
 
 class ShardStore:
-    """The output directory of one extraction (one writer: the driver process)."""
+    """The output of one extraction; the driver is its only ledger writer."""
 
-    def __init__(self, out_dir: str | Path) -> None:
-        self.root = Path(out_dir)
-        self.emb_dir = self.root / "embeddings"
-        self.err_dir = self.root / "errors"
-        self.ledger = self.root / "ledger.jsonl"
-        self.staging = self.root / "_staging"
-        for d in (self.emb_dir, self.err_dir):
-            d.mkdir(parents=True, exist_ok=True)
+    def __init__(self, out: str | Path) -> None:
+        self.root = locate(str(out))
+        self.uri = str(out)
+        self.root.makedirs()
+        self._ledger = self.root.child(LEDGER_FILE)
         self.state = self._recover()
 
     # ------------------------------------------------------------------------------------------- resume
-    def shard_files(self) -> list[Path]:
-        return sorted(self.emb_dir.glob("*/part-*.parquet"))
-
     def _recover(self) -> ResumeState:
-        for tmp in list(self.root.rglob("*.tmp")):
-            tmp.unlink()
-        shutil.rmtree(self.staging, ignore_errors=True)  # a killed Ray run's uncommitted output
         state = ResumeState()
-        seqs: set[int] = set()
-        for path in self.shard_files():
-            seqs.add(int(_PART.search(path.name).group(1)))
-            ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
-            state.done.update(ids)
-            state.ok += len(ids)
-        for path in sorted(self.err_dir.glob("part-*.jsonl")):
-            seq = int(_PART.search(path.name).group(1))
-            if seq not in seqs:  # killed between the error file and its shard: not committed
-                path.unlink()
-                continue
-            for rec in _read_jsonl(path):
-                state.done.add(rec["id"])
-                state.errors += 1
-        state.next_seq = max(seqs, default=-1) + 1
+        for entry in self.ledger_entries():
+            if "partition" not in entry:
+                raise ConfigError(
+                    f"{self.uri} was written by an older d2v extract (shards, not partitions); "
+                    "use another OUT_DIR or --overwrite"
+                )
+            state.add(entry)
+        if self.root.local:
+            _remove_uncommitted(Path(self.root.path), state)
         return state
 
+    def ledger_entries(self) -> Iterator[dict[str, Any]]:
+        """The committed partitions' entries, in commit order (read one line at a time)."""
+        if self.root.local:
+            yield from _read_local_ledger(Path(self._ledger.path))
+            return
+        for info in list_dir(self.root.child(LEDGER_DIR)):
+            yield json.loads(Location(self.root.fs, info.path, self.uri).read_bytes())
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Commit one partition: its ledger line, written after its files."""
+        entry = {**entry, "time": round(time.time(), 3)}
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        if self.root.local:
+            with open(self._ledger.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            write_atomic(self.root.child(LEDGER_DIR, f"{shard_name(entry['partition'])}.json"), line.encode())
+        self.state.add(entry)
+
+    def shard_files(self, model: str | None = None) -> Iterator[Location]:
+        """The committed shards (optionally of one model), in commit order; files the ledger does not name
+        are never returned."""
+        prefix = f"embeddings/{safe_name(model)}/" if model else "embeddings/"
+        for entry in self.ledger_entries():
+            for rel in entry["shards"]:
+                if rel.startswith(prefix):
+                    yield self.root.child(rel)
+
+    def models(self) -> list[str]:
+        """The model folders the ledger names (sorted)."""
+        return sorted({m for entry in self.ledger_entries() for m in entry["rows"]})
+
+    @property
+    def ledger_name(self) -> str:
+        return LEDGER_FILE if self.root.local else f"{LEDGER_DIR}/"
+
     # ----------------------------------------------------------------------------------------- settings
+    def recorded_settings(self) -> dict[str, Any] | None:
+        loc = self.root.child("settings.json")
+        return json.loads(loc.read_bytes()) if loc.exists() else None
+
+    def recorded_models(self) -> list[str]:
+        """The modalities ``settings.json`` names a model for (``[]`` for a new output)."""
+        return sorted((self.recorded_settings() or {}).get("models", {}))
+
     def bind_settings(self, settings: dict[str, Any]) -> None:
         """Record what this output's vectors are made with, or check a resumed output was made the same way.
 
@@ -114,11 +198,11 @@ class ShardStore:
         Raises:
             ConfigError: the output holds vectors made with other settings (the message lists them).
         """
-        path = self.root / "settings.json"
-        recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        if recorded is None and (self.state.ok or self.state.errors):
+        loc = self.root.child("settings.json")
+        recorded = self.recorded_settings()
+        if recorded is None and self.state.partitions:
             raise ConfigError(
-                f"{self.root} holds committed shards but no settings.json (made by an older d2v): "
+                f"{self.uri} holds committed shards but no settings.json (made by an older d2v): "
                 "resume cannot tell whether they match; use another OUT_DIR or --overwrite"
             )
         merged = dict(settings, models={**(recorded or {}).get("models", {}), **settings["models"]})
@@ -126,61 +210,56 @@ class ShardStore:
             changed = _differences(recorded, merged)
             if changed:
                 raise ConfigError(
-                    f"{self.root} was started with other settings ({'; '.join(changed)}); resuming would mix "
+                    f"{self.uri} was started with other settings ({'; '.join(changed)}); resuming would mix "
                     "vectors. Use another OUT_DIR, or --overwrite to start this one anew"
                 )
-        _fsync_write(path.with_suffix(".json.tmp"), (json.dumps(merged, indent=2, sort_keys=True) + "\n").encode())
-        os.replace(path.with_suffix(".json.tmp"), path)
+        write_atomic(loc, (json.dumps(merged, indent=2, sort_keys=True) + "\n").encode())
 
-    # ------------------------------------------------------------------------------------------- commit
-    def commit(self, model: str, dims: int, rows: list[Row]) -> int:
-        """Write one shard (its good rows and its failures) atomically; return its sequence number."""
-        good = [r for r in rows if r.error is None]
-        errors = [error_record(r) for r in rows if r.error is not None]
-        return self.commit_table(model, rows_to_table(good, dims), errors)
+    # ------------------------------------------------------------------------------------------- report
+    def merged_errors(self) -> Location:
+        """Every committed partition's error file concatenated into ``OUT/errors.jsonl`` (streamed)."""
+        out = self.root.child("errors.jsonl")
 
-    def commit_table(self, model: str, table: pa.Table, errors: list[dict[str, Any]]) -> int:
-        """Commit a ready shard table plus the error records of the same inputs; return the sequence number."""
-        seq = self.state.next_seq
-        self.state.next_seq += 1
-        name = f"part-{seq:06d}"
-        if errors:
-            err_path = self.err_dir / f"{name}.jsonl"
-            _fsync_write(err_path.with_suffix(".jsonl.tmp"), _jsonl(errors))
-            os.replace(err_path.with_suffix(".jsonl.tmp"), err_path)
-        shard = self.emb_dir / _safe(model) / f"{name}.parquet"
-        shard.parent.mkdir(parents=True, exist_ok=True)
-        tmp = shard.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, shard)  # the commit point
-        self.state.done.update(table.column("id").to_pylist())
-        self.state.done.update(e["id"] for e in errors)
-        self.state.ok += table.num_rows
-        self.state.errors += len(errors)
-        with self.ledger.open("a", encoding="utf-8") as f:
-            entry = {"seq": seq, "model": model, "rows": table.num_rows, "errors": len(errors), "time": time.time()}
-            f.write(json.dumps(entry) + "\n")
-        return seq
+        def copy(stream: Any) -> None:
+            for entry in self.ledger_entries():
+                if entry.get("error_file"):
+                    stream.write(self.root.child(entry["error_file"]).read_bytes())
 
-    def write_input_errors(self, records: Iterable[dict[str, Any]]) -> int:
-        """Replace ``errors/inputs.jsonl`` (bad manifest rows: recomputed identically on every run)."""
-        records = list(records)
-        path = self.err_dir / "inputs.jsonl"
-        _fsync_write(path.with_suffix(".jsonl.tmp"), _jsonl(records))
-        os.replace(path.with_suffix(".jsonl.tmp"), path)
-        return len(records)
-
-    def merged_errors(self) -> Path:
-        """Concatenate every error file into ``OUT_DIR/errors.jsonl`` (written atomically)."""
-        records = list(_read_jsonl(self.err_dir / "inputs.jsonl"))
-        for path in sorted(self.err_dir.glob("part-*.jsonl")):
-            records.extend(_read_jsonl(path))
-        out = self.root / "errors.jsonl"
-        _fsync_write(out.with_suffix(".jsonl.tmp"), _jsonl(records))
-        os.replace(out.with_suffix(".jsonl.tmp"), out)
+        write_atomic(out, copy)
         return out
+
+
+def _read_local_ledger(path: Path) -> Iterator[dict[str, Any]]:
+    """Complete lines only: a line torn by a kill is cut off the file, so the next append starts clean."""
+    if not path.is_file():
+        return
+    good = 0
+    with path.open("rb") as f:
+        for raw in f:
+            try:
+                entry = json.loads(raw) if raw.endswith(b"\n") else None
+            except json.JSONDecodeError:
+                entry = None
+            if entry is None:
+                break
+            good += len(raw)
+            yield entry
+    if good != path.stat().st_size:
+        with path.open("r+b") as f:
+            f.truncate(good)
+
+
+def _remove_uncommitted(root: Path, state: ResumeState) -> None:
+    """Local output: drop temporary files and partition files the ledger does not name (a killed run's)."""
+    shutil.rmtree(root / "_staging", ignore_errors=True)  # the layout of older versions
+    for tmp in root.glob("*.tmp"):
+        tmp.unlink(missing_ok=True)
+    for top in ("embeddings", "errors"):
+        for folder, _dirs, files in os.walk(root / top):
+            for name in files:
+                match = _PART.search(name)
+                if name.endswith(".tmp") or (match and not state.has(int(match.group(1)))):
+                    (Path(folder) / name).unlink(missing_ok=True)
 
 
 def _differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -195,15 +274,22 @@ def _differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     return out
 
 
-def clear_output(root: Path) -> None:
-    """``--overwrite``: remove what an earlier extraction wrote to ``root``, and nothing else."""
-    models = [d.name for d in (root / "embeddings").glob("*") if d.is_dir()]
-    for name in ("embeddings", "errors", "_staging"):
-        shutil.rmtree(root / name, ignore_errors=True)
-    files = ["ledger.jsonl", "settings.json", "errors.jsonl", "manifest.json", "pca.png"]
+def clear_output(out: str) -> None:
+    """``--overwrite``: remove what an earlier extraction wrote to ``out``, and nothing else."""
+    root = locate(out)
+    if not root.exists():
+        return
+    models = [info.base_name for info in list_dir(root.child("embeddings"))]
+    for name in ("embeddings", "errors", LEDGER_DIR, "_staging"):
+        loc = root.child(name)
+        if loc.is_dir():
+            root.fs.delete_dir(loc.path)
+    files = [LEDGER_FILE, "settings.json", "errors.jsonl", "manifest.json", "pca.png"]
     files += [f"{m}{suffix}" for m in models for suffix in (".npy", ".ids.txt")]
     for name in files:
-        (root / name).unlink(missing_ok=True)
+        loc = root.child(name)
+        if loc.exists():
+            root.fs.delete_file(loc.path)
 
 
 def rows_to_table(rows: list[Row], dims: int) -> pa.Table:
@@ -230,16 +316,9 @@ def error_record(row: Row) -> dict[str, Any]:
     return rec
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "model"
+def bad_row_record(bad: Any) -> dict[str, Any]:
+    return {"id": bad.id, "reason": bad.reason, "source": bad.source, "bad_row": True}
 
 
 def _jsonl(records: Iterable[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
-
-
-def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
