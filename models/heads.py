@@ -43,6 +43,9 @@ class RegressionHeadConfig:
 
     kind: Literal["linear", "mlp"] = "linear"
     hidden_ratio: float = 2.0
+    # Linear-layer init: "default" = PyTorch's (fairseq never re-initialises its heads); "bert" = normal(0.02),
+    # zero bias (fairseq's init_bert_params, as the encoder). beit recipes always use data2vec_vision's.
+    init: Literal["default", "bert"] = "default"
 
 
 class RegressionHead(nn.Module):
@@ -85,6 +88,7 @@ class DecoderConfig:
     projection: Literal["linear", "mlp"] = "linear"
     projection_ratio: float = 2.0
     mask_noise_std: float = 0.01
+    init: Literal["default", "bert"] = "default"  # as RegressionHeadConfig.init
 
     @classmethod
     def audio_base(cls) -> DecoderConfig:

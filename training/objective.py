@@ -108,7 +108,9 @@ class Pretrainer(nn.Module):
         else:
             self.head = build_regression_head(hc, model.dim)
         if cfg.transformer.init == "beit":
-            self.head.apply(_init_head_beit)  # else: PyTorch's defaults, as fairseq leaves its heads
+            self.head.apply(_init_head_beit)
+        elif hc.init == "bert":
+            self.head.apply(_init_head_bert)  # else: PyTorch's defaults, as fairseq leaves its heads
         scale = obj.loss_scale
         self.loss_scale = {"inv_sqrt_dim": 1 / math.sqrt(model.dim), "inv_dim": 1 / model.dim}.get(scale, scale)
         if cfg.modality == "image" and obj.cls_loss and not self.v2:
@@ -189,6 +191,14 @@ class Pretrainer(nn.Module):
                 rows.append(torch.randn(num_masked, like.shape[-1], generator=g))
         noise = torch.stack(rows).mul_(self.head.mask_noise_std)
         return noise.to(device=like.device, dtype=like.dtype)
+
+
+def _init_head_bert(module: nn.Module) -> None:
+    """``objective.head.init: bert``: Linear layers normal(0.02), zero bias (fairseq ``init_bert_params``)."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def _init_head_beit(module: nn.Module) -> None:

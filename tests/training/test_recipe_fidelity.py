@@ -204,3 +204,12 @@ def test_heads_keep_pytorch_defaults_except_beit():
     weight = pretrainer.head.net.weight.detach()
     assert weight.abs().max() <= 0.02 and float(weight.std()) == pytest.approx(0.02 * 0.5379, rel=0.1)
     assert not pretrainer.head.net.bias.any()
+
+
+def test_head_init_bert_is_normal_002_with_zero_bias():
+    """``objective.head.init: bert`` (quickstart-audio): Linear layers normal(0.02), zero bias."""
+    pretrainer, _ = _pretrainer("quickstart-audio")
+    linears = [m for m in pretrainer.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears
+    for module in linears:
+        assert float(module.weight.std()) == pytest.approx(0.02, rel=0.15) and not module.bias.any()
