@@ -103,7 +103,7 @@ def _register_extract(subparsers: Any) -> None:
         dest="ray_window",
         type=int,
         default=0,
-        help="--engine ray: partitions per Ray Data pipeline, committed as it ends (0 = 8 per actor)",
+        help="--engine ray: partitions per Ray Data pipeline (0 = 1024); each is committed as soon as it is written",
     )
     p.add_argument("--num-cpus", type=float, default=1.0, help="--engine ray: CPUs per engine actor")
     p.add_argument("--num-gpus", type=float, default=0.0, help="--engine ray: GPUs per engine actor")

@@ -4,20 +4,17 @@ Directory (any filesystem, ``fs``): every file whose suffix names a modality, wa
 folder at a time; the id is the path relative to the directory and the label is its first folder. Manifest
 rows: ``id`` plus ``path`` (relative to the manifest, absolute, or a URI) or ``text``, and optional
 ``label`` / ``modality``; JSONL and CSV are read line by line, Parquet by record batches. Stdin: one input
-per line (text, or a path with ``--modality``), id = line number. Nothing here holds more than one row (or
-one Parquet batch) at a time: ``plan`` cuts the stream into partitions.
+per line (text, or a path with ``--modality``), id = line number. The readers themselves are ``rows``;
+``plan`` cuts their stream into partitions.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -31,8 +28,6 @@ SUFFIXES = {
     "text": {".txt", ".md", ".rst"},
 }
 MANIFEST_SUFFIXES = {".jsonl", ".ndjson", ".csv", ".parquet"}
-_PARQUET_BATCH = 8192  # manifest rows decoded at a time
-_COLUMNS = ("id", "path", "text", "label", "modality")
 
 
 @dataclass(frozen=True)
@@ -99,87 +94,15 @@ def open_source(uri: str, modality: str | None = None) -> Source:
     return Source(uri, {".ndjson": "jsonl"}.get(suffix, suffix[1:]), loc, modality)
 
 
-def raw_rows(source: Source, stdin: TextIO | None = None) -> Iterator[tuple[str, Any]]:
-    """``(where, row)`` in input order: ``where`` names the row (``name:line``), ``row`` is a dict or the
-    reason it is unusable. Directory files come as ready dicts (``id``, ``path``, ``modality``, ``label``)."""
-    if source.kind == "directory":
-        yield from _directory_rows(source)
-    elif source.kind == "stdin":
-        import sys
-
-        key = "text" if source.modality in (None, "text") else "path"
-        for n, line in enumerate(stdin or sys.stdin, start=1):
-            line = line.rstrip("\n")
-            if line.strip():
-                yield f"stdin:{n}", {"id": str(n), key: line}
-    elif source.kind == "parquet":
-        yield from _parquet_rows(source)
-    else:
-        with _open_text(source.location) as f:
-            if source.kind == "csv":
-                # line numbers: the header is line 1 (a quoted newline inside a row shifts them, as in any reader)
-                for n, row in enumerate(csv.DictReader(f), start=2):
-                    yield f"{source.name}:{n}", row
-            else:
-                for n, line in enumerate(f, start=1):
-                    if line.strip():
-                        yield f"{source.name}:{n}", _json_row(line)
-
-
-def _json_row(line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
-        return f"invalid JSON: {exc.msg}"
-
-
-def _open_text(loc: Location) -> TextIO:
-    if loc.local:
-        return open(loc.path, newline="", encoding="utf-8")
-    return io.TextIOWrapper(loc.fs.open_input_stream(loc.path), encoding="utf-8", newline="")
-
-
-def _parquet_rows(source: Source) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    loc = source.location
-    with loc.fs.open_input_file(loc.path) as f:
-        pf = pq.ParquetFile(f)
-        columns = [c for c in _COLUMNS if c in pf.schema_arrow.names]
-        n = 0
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=columns):
-            for row in batch.to_pylist():
-                n += 1
-                yield f"{source.name}:{n}", row
-
-
-def _directory_rows(source: Source) -> Iterator[tuple[str, Any]]:
-    root = source.location
-    prefix = len(root.path.rstrip("/")) + 1
-    found = False
-    for info in _walk(root):
-        kind = modality_of(info.path)
-        if kind is None or (source.modality and kind != source.modality):
-            continue
-        rel = info.path[prefix:]
-        parts = rel.split("/")
-        found = True
-        path = info.path if root.local else f"{source.uri.rstrip('/')}/{rel}"
-        yield rel, {"id": rel, "path": path, "modality": kind, "label": parts[0] if len(parts) > 1 else None}
-    if not found:
-        raise ConfigError(
-            f"no {source.modality or 'embeddable'} files under {source.uri} (suffixes: {sorted(all_suffixes())})"
-        )
-
-
-def _walk(loc: Location) -> Iterator[pafs.FileInfo]:
+def walk(loc: Location) -> Iterator[pafs.FileInfo]:
     """Files under ``loc`` depth first, each folder's entries sorted by name; hidden entries skipped.
-    One folder's listing is held at a time (plus the open folders above it)."""
+    One folder's listing is held at a time (plus the open folders above it). The order is that of the
+    relative paths' component tuples, which is what lets ``rows`` read a range of the walk alone."""
     for info in list_dir(loc):
         if info.base_name.startswith("."):
             continue
         if info.type == pafs.FileType.Directory:
-            yield from _walk(Location(loc.fs, info.path, loc.uri))
+            yield from walk(Location(loc.fs, info.path, loc.uri))
         elif info.type == pafs.FileType.File:
             yield info
 
@@ -236,7 +159,7 @@ def count_rows(source: Source) -> int | None:
             return pq.ParquetFile(f).metadata.num_rows
     if source.kind == "directory":
         wanted = {source.modality} if source.modality else set(SUFFIXES)
-        return sum(1 for info in _walk(loc) if modality_of(info.path) in wanted)
+        return sum(1 for info in walk(loc) if modality_of(info.path) in wanted)
     lines, last = 0, b"\n"
     with loc.fs.open_input_stream(loc.path) as f:
         while block := f.read(1 << 20):

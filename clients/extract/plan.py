@@ -9,15 +9,22 @@ the partitions in flight and nothing else: memory does not grow with the corpus.
 A manifest row that cannot become an item (no id, bad JSON, an id already used earlier in the same
 partition, ...) is a :class:`BadRow` of its partition and is committed with it (``errors/part-K.jsonl``).
 Ids must be unique across the input: checking that across partitions would need every id in memory.
+
+``spans`` gives the same partitions as :class:`Span` records (index, row count and :class:`rows.Extent`)
+without building them, and ``read`` builds them from their spans: the Ray engine cuts the input into spans on
+the driver and reads the rows on its workers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
-from .inputs import BadRow, Item, Source, count_rows, raw_rows, row_item, source_base
+from d2v.core.errors import ConfigError
+
+from .inputs import BadRow, Item, Source, count_rows, row_item, source_base
+from .rows import Extent, raw_rows, row_marks, rows_in
 
 
 @dataclass
@@ -34,6 +41,24 @@ class Partition:
     @property
     def size(self) -> int:
         return len(self.items) + len(self.bad_rows)
+
+
+@dataclass(frozen=True)
+class Span:
+    """A partition by address: what a worker needs to read it (``Plan.read``), a few dozen bytes."""
+
+    index: int
+    rows: int
+    extent: Extent
+    first: str
+    last: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "extent": asdict(self.extent)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Span:
+        return cls(d["index"], d["rows"], Extent(**d["extent"]), d["first"], d["last"])
 
 
 class Plan:
@@ -72,6 +97,89 @@ class Plan:
         if filled and current is not None:
             yield _finished(current)
 
+    def spans(self, skip: Callable[[int], bool] = lambda k: False) -> Iterator[Span]:
+        """The partitions ``partitions(skip)`` would give, as spans: rows are located, never built.
+
+        Raises:
+            ConfigError: stdin (it can be read once, by this process only).
+        """
+        if self.source.kind == "stdin":
+            raise ConfigError("stdin cannot be split into spans for other processes to read: write it to a file")
+        if self.source.kind == "parquet":
+            yield from self._parquet_spans(skip)
+            return
+        index, filled, head = 0, 0, None
+        for where, begin, end, number in row_marks(self.source):
+            if filled == 0:
+                head = (where, begin, number)
+            filled += 1
+            if filled == self.size:
+                if not skip(index):
+                    yield Span(index, filled, Extent(head[1], end, head[2]), head[0], where)
+                index, filled = index + 1, 0
+        if filled and not skip(index):
+            yield Span(index, filled, Extent(head[1], end, head[2]), head[0], where)
+
+    def _parquet_spans(self, skip: Callable[[int], bool]) -> Iterator[Span]:
+        total, name = count_rows(self.source) or 0, self.source.name
+        for index in range(-(-total // self.size)):
+            begin, end = index * self.size, min((index + 1) * self.size, total)
+            if not skip(index):
+                yield Span(index, end - begin, Extent(begin, end), f"{name}:{begin + 1}", f"{name}:{end}")
+
+    def spans_per_row_group(self) -> int:
+        """Parquet: how many partitions the largest row group holds (at least 1)."""
+        import pyarrow.parquet as pq
+
+        loc = self.source.location
+        with loc.fs.open_input_file(loc.path) as f:
+            meta = pq.ParquetFile(f).metadata
+        largest = max((meta.row_group(g).num_rows for g in range(meta.num_row_groups)), default=0)
+        return max(1, -(-largest // self.size))
+
+    def read(self, span: Span) -> Partition:
+        """The partition ``span`` addresses, as ``partitions`` builds it.
+
+        Raises:
+            ConfigError: the rows there are not the span's (the input changed since it was planned).
+        """
+        part = Partition(span.index, first=span.first)
+        for where, row in rows_in(self.source, span.extent):
+            self._add(part, where, row)
+        return self._checked(span, part)
+
+    def _checked(self, span: Span, part: Partition) -> Partition:
+        if part.size != span.rows or part.last != span.last:
+            raise ConfigError(
+                f"{self.source.uri} changed while being read: partition {span.index} was planned as {span.rows} rows "
+                f"({span.first} .. {span.last}) and holds {part.size} ({part.first} .. {part.last})"
+            )
+        return _finished(part)
+
+    def read_run(self, spans: list[Span]) -> Iterator[Partition]:
+        """The partitions of consecutive ``spans`` (indices ``k, k+1, ...``), read in one pass over the
+        source (a Parquet row group that holds several of them is decoded once).
+
+        Raises:
+            ConfigError: as ``read``.
+        """
+        if len(spans) == 1:
+            yield self.read(spans[0])
+            return
+        todo = iter(spans)
+        span = next(todo)
+        part = Partition(span.index, first=span.first)
+        for where, row in rows_in(self.source, _joined(spans)):
+            if part.size == span.rows:
+                yield self._checked(span, part)
+                span = next(todo, None)
+                if span is None:
+                    break
+                part = Partition(span.index, first=span.first)
+            self._add(part, where, row)
+        else:
+            yield self._checked(span, part)
+
     def _add(self, part: Partition, where: str, row: Any) -> None:
         part.last = where
         item = row_item(row, self._base, self.source.modality)
@@ -88,3 +196,8 @@ class Plan:
 def _finished(part: Partition) -> Partition:
     part.ids = set()
     return part
+
+
+def _joined(spans: list[Span]) -> Extent:
+    """One extent over consecutive spans."""
+    return Extent(spans[0].extent.begin, spans[-1].extent.end, spans[0].extent.number)

@@ -1,23 +1,26 @@
 """``--engine ray``: Ray Data over the partition plan, in windows of ``--ray-window`` pending partitions.
 
-Each window is one pipeline::
+The driver cuts the input into spans (``plan.Span``: a partition's index, row count and where its rows lie:
+byte range, row range or first/last path; a few dozen bytes each) and runs one Ray Data pipeline per window::
 
-    read_binary_files(the window's files, filesystem)      # a directory (images, audio, text files)
-      | from_items(the window's manifest rows)              # a manifest (rows are ids + texts or paths)
-    -> map_batches(preprocess)                              # CPU tasks: read + the model's preprocessor
-    -> map_batches(EmbedActor, concurrency=--workers,       # an actor pool holding the runtime engines
+    from_items(the window's spans, one block per run of spans)
+    -> map_batches(read_spans)                      # tasks: each reads its spans' rows through the input's
+                                                    #   filesystem (a Parquet row group once), one block each
+    -> map_batches(preprocess)                      # CPU tasks: read the files + the model's preprocessor
+    -> map_batches(EmbedActor, concurrency=--workers,   # an actor pool holding the runtime engines
                    num_cpus=--num-cpus, num_gpus=--num-gpus)
-    -> groupby(partition).map_groups(write_group)           # per-partition Parquet + error file, written by
-                                                            #   workers through the output's filesystem
-and the driver records one ledger line per partition as the entries come back. The driver holds the window's
-plan (at most ``--ray-window`` partitions of rows) and the entries: no vectors, whatever the corpus size.
+    -> map_batches(write_pieces)                    # tasks: a partition's shards + error file, through the
+                                                    #   output's filesystem
+and records one ledger line per partition as soon as its rows are all written (a partition Ray split across
+blocks is written as pieces and committed once they add up). Nothing is shuffled and nothing waits for the
+window: partitions commit while later ones are still being read. The driver holds the window's spans and the
+open partitions' piece entries, never rows or vectors, whatever the corpus size.
 
 Runs on a laptop (``ray.init()`` starts a local cluster bound to 127.0.0.1) and on a cluster (``RAY_ADDRESS``;
 inputs and ``OUT`` must then be reachable from every node: shared storage or an object store URI). A run
-killed mid-window leaves that window's partitions without ledger lines: they run again on the next start,
-rewriting the same files; committed partitions are never recomputed. The actor pool lives as long as its
-window's pipeline, so a window should hold thousands of items (the default: 8 partitions per actor).
-Ray is an optional extra and is imported only here.
+killed mid-window leaves partitions without ledger lines: they run again on the next start, rewriting the
+same files; committed partitions are never recomputed. The actor pool lives as long as its window's
+pipeline, so the default window is large (1,024 partitions). Ray is an optional extra, imported only here.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from typing import Any
 from d2v.core.errors import ConfigError, NotFound
 
 from .backends import LocalModel, ModelRef, Options, output_settings, resolve_models
-from .fs import locate
-from .plan import Partition, Plan
+from .plan import Plan, Span
 from .progress import Progress
-from .ray_stages import EmbedActor, ModelSpecs, items_from_files, preprocess, write_group
-from .shards import ShardStore
+from .ray_stages import EmbedActor, ModelSpecs, preprocess, read_spans, write_pieces
+from .shards import ShardStore, merge_pieces
+
+DEFAULT_WINDOW = 1024  # partitions per pipeline (--ray-window 0)
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -46,8 +50,16 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(include_dashboard=False, log_to_driver=False)
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        try:
+            ray.init(include_dashboard=False, log_to_driver=False)
+        except ConnectionError as exc:  # Ray's message names the address, not the usual cause
+            raise ConfigError(
+                f"cannot join the Ray cluster at RAY_ADDRESS={address} ({exc}). Is it running (`ray status`)? "
+                "A cluster with token authentication (`ray start`'s default) also needs RAY_AUTH_MODE=token "
+                "and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token on this machine)"
+            ) from exc
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
 
@@ -71,9 +83,22 @@ def check_resources(workers: int, cpus_per_actor: float) -> None:
         )
 
 
-def windows(partitions: Iterator[Partition], size: int) -> Iterator[list[Partition]]:
-    while window := list(islice(partitions, size)):
+def windows(spans: Iterator[Span], size: int) -> Iterator[list[Span]]:
+    while window := list(islice(spans, size)):
         yield window
+
+
+def runs(window: list[Span], plan: Plan) -> list[list[Span]]:
+    """The window's spans as read units: consecutive spans within one Parquet row group's reach are read
+    together (so a large row group is decoded once, not once per partition); any other span alone."""
+    per_run = plan.spans_per_row_group() if plan.source.kind == "parquet" else 1
+    out: list[list[Span]] = []
+    for span in window:
+        if out and len(out[-1]) < per_run and out[-1][-1].index + 1 == span.index:
+            out[-1].append(span)
+        else:
+            out.append([span])
+    return out
 
 
 class _Models:
@@ -85,6 +110,7 @@ class _Models:
         self.refs: dict[str, ModelRef] = {}
 
     def bind(self, modalities: set[str]) -> None:
+        """Raises: NotFound (no model for a modality), ConfigError (other settings than the output's)."""
         new = {}
         for modality in sorted(modalities - self.refs.keys()):
             if modality not in self.found:
@@ -96,7 +122,28 @@ class _Models:
             self.refs.update(new)
 
     def specs(self) -> ModelSpecs:
-        return {m: (self.found[m][0].to_dict(), str(self.found[m][1])) for m in self.refs}
+        """Every model found (actors load one when its modality first arrives)."""
+        return {m: (manifest.to_dict(), str(model_dir)) for m, (manifest, model_dir) in self.found.items()}
+
+
+class _Pieces:
+    """The window's partitions being written: piece entries until their counts reach the partition's size.
+    A piece is known by its files (their names hash its ids), so one reported twice counts once."""
+
+    def __init__(self, window: list[Span]) -> None:
+        self.spans = {span.index: span for span in window}
+        self.got: dict[int, dict[tuple[str, ...], dict[str, Any]]] = {}
+
+    def add(self, piece: dict[str, Any]) -> dict[str, Any] | None:
+        """The partition's ledger entry once ``piece`` completes it, else ``None``."""
+        index = piece["partition"]
+        self.got.setdefault(index, {})[(*piece["shards"], *piece["error_files"])] = piece
+        span = self.spans[index]
+        if sum(p["count"] for p in self.got[index].values()) < span.rows:
+            return None
+        entry = merge_pieces(list(self.got.pop(index).values()))
+        del self.spans[index]
+        return {**entry, "items": span.rows, "first": span.first, "last": span.last}
 
 
 def run_ray(
@@ -112,48 +159,52 @@ def run_ray(
     actor's peak RSS (MB; ``None`` when nothing ran).
 
     Raises:
-        NotFound, ConfigError: no model for a modality of the inputs, other settings than the output's.
+        NotFound, ConfigError: no model for a modality of the inputs, other settings than the output's, stdin.
     """
+    if plan.source.kind == "stdin":
+        raise ConfigError("--engine ray reads the input on its workers, which cannot read stdin: write it to a file")
     models = _Models(store, plan, model_store, args.model, options)
     models.bind(set(store.recorded_models()))
     store.bind_settings(plan.settings(output_settings({}, options)))
     worker_rss: float | None = None
-    size = args.ray_window or 8 * workers
-    for window in windows(plan.partitions(skip=store.state.has), size):
-        models.bind({it.modality for part in window for it in part.items})
-        meta = {p.index: {"items": p.size, "first": p.first, "last": p.last} for p in window}
+    for window in windows(plan.spans(skip=store.state.has), args.ray_window or DEFAULT_WINDOW):
         init_ray()
         check_resources(workers, args.num_cpus)
-        for entry in _run_window(window, plan, models, args, workers):
-            worker_rss = max(worker_rss or 0.0, entry.pop("worker_peak_rss_mb"))
-            store.record({**entry, **meta[entry["partition"]]})
-            progress.items(meta[entry["partition"]]["items"])
-            progress.partition()
+        pieces = _Pieces(window)
+        for piece in _run_window(window, plan, models, args, workers):
+            models.bind(set(piece.pop("modalities")))  # before anything of a new modality is committed
+            worker_rss = max(worker_rss or 0.0, piece.pop("worker_peak_rss_mb"))
+            progress.items(piece["count"])
+            entry = pieces.add(piece)
+            if entry is not None:
+                store.record(entry)
+                progress.partition()
+        if pieces.spans:  # every row flows to a writer, so this is a bug, never an input's fault
+            raise RuntimeError(f"Ray run ended with partitions {sorted(pieces.spans)} incomplete")
     return models.refs, worker_rss
 
 
 def _run_window(
-    window: list[Partition], plan: Plan, models: _Models, args: argparse.Namespace, workers: int
+    window: list[Span], plan: Plan, models: _Models, args: argparse.Namespace, workers: int
 ) -> Iterator[dict[str, Any]]:
-    """One Ray Data pipeline over ``window``; yields the ledger entries its writers return."""
+    """One Ray Data pipeline over ``window``; yields the piece entries its writers return."""
+    import ray
+
     specs, options = models.specs(), models.options
-    ds = _source(window, plan)
-    ds = ds.map_batches(
-        preprocess, fn_kwargs={"specs": specs, "options": options}, batch_size=args.batch_size, batch_format="pyarrow"
-    )
+    units = [json.dumps([s.to_dict() for s in run]) for run in runs(window, plan)]
+    ds = ray.data.from_items([{"spans": u} for u in units], override_num_blocks=len(units))
+    whole = {"batch_size": None, "batch_format": "pyarrow"}  # a block at a time: a partition stays together
+    ds = ds.map_batches(read_spans, fn_kwargs={"plan": plan}, batch_size=1, batch_format="pyarrow")
+    ds = ds.map_batches(preprocess, fn_kwargs={"specs": specs, "options": options}, **whole)
     ds = ds.map_batches(
         EmbedActor,
-        fn_constructor_kwargs={"specs": specs, "options": options},
-        batch_size=args.batch_size,
-        batch_format="pyarrow",
+        fn_constructor_kwargs={"specs": specs, "options": options, "batch_size": args.batch_size},
+        **whole,
         concurrency=workers,
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus or None,
     )
-    dims = {ref.name: ref.dims for ref in models.refs.values()}
-    ds = ds.groupby("partition", num_partitions=max(1, min(len(window), 2 * workers))).map_groups(
-        write_group, fn_kwargs={"root": _output_uri(models.store), "dims": dims}, batch_format="pyarrow"
-    )
+    ds = ds.map_batches(write_pieces, fn_kwargs={"root": _output_uri(models.store)}, **whole)
     for row in ds.iter_rows():
         yield json.loads(row["entry"])
 
@@ -161,40 +212,3 @@ def _run_window(
 def _output_uri(store: ShardStore) -> str:
     """The output as workers must name it: a local output by its absolute path."""
     return store.root.path if store.root.local else store.uri
-
-
-def _source(window: list[Partition], plan: Plan) -> Any:
-    """The window's rows as a dataset: a directory's files read by ``read_binary_files`` on the workers;
-    a manifest's rows (ids + texts or paths, and its unusable rows) as items."""
-    import ray
-
-    if plan.source.kind == "directory":
-        loc = plan.source.location
-        index = {}
-        for part in window:
-            for it in part.items:
-                path = locate(it.path).path
-                index[path] = [part.index, it.id, it.modality, it.label, it.path]
-        ds = ray.data.read_binary_files(list(index), include_paths=True, filesystem=loc.fs)
-        return ds.map_batches(items_from_files, fn_kwargs={"index": index}, batch_format="pyarrow")
-    rows = []
-    for part in window:
-        for it in part.items:
-            rows.append(_row(part.index, it.id, it.modality, it.label, it.path, it.text, None))
-        for bad in part.bad_rows:
-            rows.append(_row(part.index, bad.id, "", None, bad.source, None, bad.reason, bad_row=True))
-    return ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 256 + 1, 64)))
-
-
-def _row(partition: int, id_: str, modality: str, label: Any, source: Any, text: Any, error: Any, bad_row=False):
-    return {
-        "partition": partition,
-        "id": id_,
-        "modality": modality,
-        "label": label,
-        "source": source,
-        "raw": None,
-        "text": text,
-        "error": error,
-        "bad_row": bad_row,
-    }

@@ -5,6 +5,7 @@ Layout of ``OUT`` (a path or a URI, see ``fs``)::
     embeddings/<model>/part-000007.parquet   # partition 7's rows of that model: id, modality, model, label,
                                              #   dims, embedding (fixed_size_list<f32>), [tokens]
     errors/part-000007.jsonl                 # partition 7's failed items and unusable rows {"id", "reason", ...}
+    embeddings/<model>/part-000007-<h>.parquet   # a piece of partition 7 (Ray split it; ``merge_pieces``)
     ledger.jsonl                             # one line per committed partition (object stores: ledger/*.json)
     settings.json                            # what the vectors are made with (models + sha256, options, plan)
 
@@ -38,7 +39,7 @@ from d2v.core.errors import ConfigError
 
 from .fs import Location, list_dir, locate, write_atomic
 
-_PART = re.compile(r"part-(\d+)\.(parquet|jsonl|json)$")
+_PART = re.compile(r"part-(\d+)(-[0-9a-f]+)?\.(parquet|jsonl|json)$")  # a partition's file, or a piece's
 LEDGER_FILE = "ledger.jsonl"  # local output: one appended line per partition
 LEDGER_DIR = "ledger"  # object-store output (no append): one object per partition
 
@@ -95,28 +96,54 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "model"
 
 
-def write_partition(root_uri: str, index: int, tables: dict[str, pa.Table], errors: list[dict[str, Any]]) -> dict:
-    """Write partition ``index``'s shards (model -> table) and error file; return its ledger entry.
+def write_partition(
+    root_uri: str,
+    index: int,
+    tables: dict[str, pa.Table],
+    errors: list[dict[str, Any]],
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Write partition ``index``'s shards (model -> table) and error file under ``name`` (default
+    ``part-<index>``; a piece of a partition has its own); return its ledger entry.
 
     Runs wherever the partition was embedded (the driver, or a Ray worker): nothing is committed until the
     entry is recorded (``ShardStore.record``).
     """
     root = locate(root_uri)
-    entry: dict[str, Any] = {"partition": index, "rows": {}, "shards": [], "error_file": None}
+    name = name or shard_name(index)
+    entry: dict[str, Any] = {"partition": index, "rows": {}, "shards": [], "error_files": []}
     if errors:
-        rel = f"errors/{shard_name(index)}.jsonl"
+        rel = f"errors/{name}.jsonl"
         write_atomic(root.child(rel), _jsonl(errors))
-        entry["error_file"] = rel
+        entry["error_files"].append(rel)
     for model, table in sorted(tables.items()):
         if table.num_rows == 0:
             continue
-        rel = f"embeddings/{safe_name(model)}/{shard_name(index)}.parquet"
+        rel = f"embeddings/{safe_name(model)}/{name}.parquet"
         write_atomic(root.child(rel), lambda out, t=table: pq.write_table(t, out))
         entry["rows"][model] = table.num_rows
         entry["shards"].append(rel)
     entry["errors"] = sum(1 for e in errors if not e.get("bad_row"))
     entry["bad_rows"] = len(errors) - entry["errors"]
     return entry
+
+
+def merge_pieces(pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ledger entry for the pieces a partition was written in (``write_partition`` entries)."""
+    entry: dict[str, Any] = {"partition": pieces[0]["partition"], "rows": {}, "shards": [], "error_files": []}
+    for piece in pieces:
+        for model, n in piece["rows"].items():
+            entry["rows"][model] = entry["rows"].get(model, 0) + n
+        entry["shards"] += piece["shards"]
+        entry["error_files"] += piece["error_files"]
+    entry["errors"] = sum(p["errors"] for p in pieces)
+    entry["bad_rows"] = sum(p["bad_rows"] for p in pieces)
+    return entry
+
+
+def error_files(entry: dict[str, Any]) -> list[str]:
+    """A ledger entry's error files (entries of earlier versions name one, as ``error_file``)."""
+    return entry.get("error_files") or ([entry["error_file"]] if entry.get("error_file") else [])
 
 
 class ShardStore:
@@ -222,8 +249,8 @@ class ShardStore:
 
         def copy(stream: Any) -> None:
             for entry in self.ledger_entries():
-                if entry.get("error_file"):
-                    stream.write(self.root.child(entry["error_file"]).read_bytes())
+                for rel in error_files(entry):
+                    stream.write(self.root.child(rel).read_bytes())
 
         write_atomic(out, copy)
         return out

@@ -235,7 +235,8 @@ def test_server_engine_keeps_at_most_workers_requests_in_flight(testkit, model_s
     from d2v.runtime.engines.fake import FakeEngine
     from d2v.server.app import create_app
 
-    engine = FakeEngine(ModelManifest.load(model_store / "tiny-text"), model_store / "tiny-text", delay_s=0.02)
+    # 50 ms per batch, so on a loaded machine the 3 workers' requests still overlap (the lower bound below)
+    engine = FakeEngine(ModelManifest.load(model_store / "tiny-text"), model_store / "tiny-text", delay_s=0.05)
     counter = InFlight(create_app(testkit.make_settings(model_store), engines=[engine]))
     manifest = tmp_path / "texts.jsonl"
     manifest.write_text("".join(json.dumps({"id": f"d{i}", "text": f"text {i}"}) + "\n" for i in range(120)))
