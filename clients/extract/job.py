@@ -104,7 +104,9 @@ class PartitionRunner:
         self.bind(set(self.store.recorded_models()))  # a resumed output is checked before any work
         self.store.bind_settings(self.plan.settings(output_settings({}, self.options)))
         with ThreadPoolExecutor(self.workers, thread_name_prefix="d2v-extract") as self.pool:
-            for part in self.plan.partitions(skip=self.store.state.has):
+            resumed = self.store.state.partitions > 0
+            plan = self.plan.pending if resumed else self.plan.partitions  # a resume parses only what is left
+            for part in plan(skip=self.store.state.has):
                 self.bind({it.modality for it in part.items})
                 work = list(batches(part.items, self.args.batch_size))
                 self.open[part.index] = _OpenPartition(part, len(work))

@@ -69,6 +69,7 @@ class Plan:
         self.size = size
         self._stdin = stdin
         self._base = source_base(source)
+        self._per_run: int | None = None  # Parquet: spans per read pass (``joins``)
 
     def describe(self) -> dict[str, Any]:
         """What the plan depends on (an output resumed with another plan would mis-skip partitions)."""
@@ -126,6 +127,40 @@ class Plan:
             begin, end = index * self.size, min((index + 1) * self.size, total)
             if not skip(index):
                 yield Span(index, end - begin, Extent(begin, end), f"{name}:{begin + 1}", f"{name}:{end}")
+
+    def pending(self, skip: Callable[[int], bool]) -> Iterator[Partition]:
+        """``partitions(skip)`` for a resumed output: the spans locate the pending partitions (a newline scan,
+        a Parquet footer, a listing walk) and only those are read and parsed; stdin streams as before."""
+        if self.source.kind == "stdin":
+            yield from self.partitions(skip)
+            return
+        run: list[Span] = []
+        for span in self.spans(skip):
+            if run and not self.joins(run, span):
+                yield from self.read_run(run)
+                run = []
+            run.append(span)
+        if run:
+            yield from self.read_run(run)
+
+    def runs(self, spans: list[Span]) -> list[list[Span]]:
+        """``spans`` as read units: consecutive spans within one Parquet row group's reach are read together
+        (so a large row group is decoded once, not once per partition); any other span alone."""
+        out: list[list[Span]] = []
+        for span in spans:
+            if out and self.joins(out[-1], span):
+                out[-1].append(span)
+            else:
+                out.append([span])
+        return out
+
+    def joins(self, run: list[Span], span: Span) -> bool:
+        """Whether ``span`` is read in the same pass as ``run`` (see ``runs``)."""
+        if self.source.kind != "parquet" or run[-1].index + 1 != span.index:
+            return False
+        if self._per_run is None:
+            self._per_run = self.spans_per_row_group()
+        return len(run) < self._per_run
 
     def spans_per_row_group(self) -> int:
         """Parquet: how many partitions the largest row group holds (at least 1)."""

@@ -88,19 +88,6 @@ def windows(spans: Iterator[Span], size: int) -> Iterator[list[Span]]:
         yield window
 
 
-def runs(window: list[Span], plan: Plan) -> list[list[Span]]:
-    """The window's spans as read units: consecutive spans within one Parquet row group's reach are read
-    together (so a large row group is decoded once, not once per partition); any other span alone."""
-    per_run = plan.spans_per_row_group() if plan.source.kind == "parquet" else 1
-    out: list[list[Span]] = []
-    for span in window:
-        if out and len(out[-1]) < per_run and out[-1][-1].index + 1 == span.index:
-            out[-1].append(span)
-        else:
-            out.append([span])
-    return out
-
-
 class _Models:
     """The store's models, resolved once; ``bind`` checks each new modality against ``settings.json``."""
 
@@ -191,7 +178,7 @@ def _run_window(
     import ray
 
     specs, options = models.specs(), models.options
-    units = [json.dumps([s.to_dict() for s in run]) for run in runs(window, plan)]
+    units = [json.dumps([s.to_dict() for s in run]) for run in plan.runs(window)]
     ds = ray.data.from_items([{"spans": u} for u in units], override_num_blocks=len(units))
     whole = {"batch_size": None, "batch_format": "pyarrow"}  # a block at a time: a partition stays together
     ds = ds.map_batches(read_spans, fn_kwargs={"plan": plan}, batch_size=1, batch_format="pyarrow")

@@ -118,20 +118,39 @@ def _sources(root: Path) -> list[Path]:
 @pytest.mark.parametrize("size", [1, 3, 8, 100])
 def test_spans_address_the_same_partitions_workers_read_back(tmp_path, size):
     """What the Ray engine's workers read from the spans is what the local engine's single pass builds."""
-    from d2v.extract.ray_job import runs
-
     for source in _sources(tmp_path):
         plan = Plan(open_source(str(source)), size=size)
         every = _as_tuples(plan.partitions())
         spans = list(plan.spans())
         assert [s.index for s in spans] == [p[0] for p in every] and all(s.rows for s in spans)
         assert _as_tuples(plan.read(s) for s in spans) == every, source.name
-        assert _as_tuples(p for run in runs(spans, plan) for p in plan.read_run(run)) == every, source.name
+        assert _as_tuples(p for run in plan.runs(spans) for p in plan.read_run(run)) == every, source.name
         assert [s.index for s in plan.spans(skip=lambda k: k % 2 == 0)] == [p[0] for p in every if p[0] % 2]
     firsts = [Plan(open_source(str(source)), size=size).partitions().__next__().first for source in _sources(tmp_path)]
     assert firsts == ["m.jsonl:1", "m.parquet:1", "m.csv:2", "a/3.txt"]  # lines / rows as an editor numbers them
     parquet = Plan(open_source(str(tmp_path / "m.parquet")), size=2)
-    assert [len(r) for r in runs(list(parquet.spans()), parquet)] == [4, 4, 4, 3]  # a row group of 7 = 4 spans
+    assert [len(r) for r in parquet.runs(list(parquet.spans()))] == [4, 4, 4, 3]  # a row group of 7 = 4 spans
+
+
+def test_a_resume_parses_only_the_pending_partitions(tmp_path, monkeypatch):
+    from d2v.extract import rows
+
+    parsed = []
+    monkeypatch.setattr(rows, "_json_row", lambda raw, parse=rows._json_row: parsed.append(raw) or parse(raw))
+    manifest = _texts(tmp_path / "m.jsonl", 95, bad_every=7)
+    plan = Plan(open_source(str(manifest)), size=10)
+    every = _as_tuples(plan.partitions())
+    assert len(parsed) == 95
+    parsed.clear()
+    done = {0, 1, 2, 3, 4, 7}
+    assert _as_tuples(plan.pending(skip=done.__contains__)) == [p for p in every if p[0] not in done]
+    assert len(parsed) == 10 + 10 + 10 + 5  # partitions 5, 6, 8, 9: no line of a committed one was parsed
+    parquet = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(50)], "text": ["x"] * 50}), parquet, row_group_size=20)
+    plan = Plan(open_source(str(parquet)), size=6)
+    assert _as_tuples(plan.pending(skip={1, 2, 3}.__contains__)) == [
+        p for p in _as_tuples(plan.partitions()) if p[0] not in {1, 2, 3}
+    ]
 
 
 def test_a_span_whose_rows_changed_is_refused(tmp_path):
