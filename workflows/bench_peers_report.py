@@ -28,7 +28,14 @@ def host_line(result: dict[str, Any]) -> str:
     host = result["host"]
     flags = ", ".join(host["flags"]) or "none of the tracked ones"
     versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
-    return f"CPU: {host['cpu']} ({host['machine']}; flags: {flags}); {result['threads']} threads; {versions}."
+    gpu = (
+        "CUDA (ONNX Runtime's CUDA provider): its rows are in the table"
+        if result.get("capabilities", {}).get("cuda")
+        else "none on this host, so no TensorRT fp16 / CUDA provider rows (run the same command on a GPU machine)"
+    )
+    return (
+        f"CPU: {host['cpu']} ({host['machine']}; flags: {flags}); {result['threads']} threads; {versions}. GPU: {gpu}."
+    )
 
 
 def format_markdown(result: dict[str, Any], *, heading_level: int = 1, png: str | None = "peers.png") -> str:
