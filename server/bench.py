@@ -33,6 +33,10 @@ from d2v.core.errors import ConfigError, Unavailable
 
 PERCENTILES = (50, 90, 99)
 
+# The load generator waits as long as a full queue takes: 16 clients x 8 base-size images at ~2 items/s is
+# ~70 s per round on 2 cores, and a client that gave up at 60 s was counted as an error (peers, 2026-12-02).
+CLIENT_TIMEOUT_S = 600.0
+
 
 # --------------------------------------------------------------------------------------------- inputs
 def sample_inputs(modality: str, preprocessing: dict, items: int) -> list[Any]:
@@ -220,7 +224,7 @@ async def _gateway_phase(
     try:
         await server.start(timeout)
         limits = httpx.Limits(max_connections=bounds["concurrency"], max_keepalive_connections=bounds["concurrency"])
-        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60.0) as client:
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=CLIENT_TIMEOUT_S) as client:
 
             async def call() -> None:
                 resp = await client.post(f"/v1/embed/{manifest.modality}", json=body)
@@ -265,7 +269,7 @@ async def _grpc_phase(target: str, manifest, raws: list[Any], bounds: dict) -> d
         async def call() -> None:
             nonlocal turn
             turn += 1
-            await stubs[turn % len(stubs)].ModelInfer(request, timeout=60.0)
+            await stubs[turn % len(stubs)].ModelInfer(request, timeout=CLIENT_TIMEOUT_S)
 
         return await drive(call, **bounds)
     finally:
