@@ -70,6 +70,8 @@ def test_extract_joins_the_cluster_at_ray_address(ray_head, model_store, tmp_pat
     assert sorted(got) == ids
     ledger = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
     assert sorted(e["partition"] for e in ledger) == list(range(8)) and sum(e["items"] for e in ledger) == n
+    # a partition travels as one block: one file under its usual name, not pieces
+    assert all(e["shards"] == [f"embeddings/tiny-text/part-{e['partition']:06d}.parquet"] for e in ledger), ledger
     # the driver ran in the cluster started above (its log is in that cluster's session), not in one of its own
     assert Path("/tmp/ray/session_latest").resolve() == session
     assert list((session / "logs").glob(f"python-core-driver-*_{proc.pid}.log")), sorted(
