@@ -17,7 +17,7 @@ the driver and reads the rows on its workers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -134,25 +134,20 @@ class Plan:
         if self.source.kind == "stdin":
             yield from self.partitions(skip)
             return
+        for run in self.runs(self.spans(skip)):
+            yield from self.read_run(run)
+
+    def runs(self, spans: Iterable[Span]) -> Iterator[list[Span]]:
+        """``spans`` as read units: consecutive spans within one Parquet row group's reach are read together
+        (so a large row group is decoded once, not once per partition); any other span alone."""
         run: list[Span] = []
-        for span in self.spans(skip):
+        for span in spans:
             if run and not self.joins(run, span):
-                yield from self.read_run(run)
+                yield run
                 run = []
             run.append(span)
         if run:
-            yield from self.read_run(run)
-
-    def runs(self, spans: list[Span]) -> list[list[Span]]:
-        """``spans`` as read units: consecutive spans within one Parquet row group's reach are read together
-        (so a large row group is decoded once, not once per partition); any other span alone."""
-        out: list[list[Span]] = []
-        for span in spans:
-            if out and self.joins(out[-1], span):
-                out[-1].append(span)
-            else:
-                out.append([span])
-        return out
+            yield run
 
     def joins(self, run: list[Span], span: Span) -> bool:
         """Whether ``span`` is read in the same pass as ``run`` (see ``runs``)."""
